@@ -1,0 +1,225 @@
+"""data.py: read a tokenized corpus, build its vocabulary, and batch it for truncated BPTT.
+
+A corpus is a directory with three splits in the WikiText format (one sentence or
+paragraph per line, tokens separated by spaces). Two layouts are accepted:
+    wiki.train.tokens  wiki.valid.tokens  wiki.test.tokens    (WikiText-2 / -103)
+    train.txt          valid.txt          test.txt            (Penn Treebank, Mikolov)
+Every line, blank ones included, ends with one `<eos>` token: this is the convention
+under which the published token counts hold (WikiText-2 train: 2,088,628 tokens).
+
+The file also holds the WikiText-style tokenizer for free text (`tokenize`) and its
+inverse (`detokenize`), which generate.py uses for prompts and for readable output.
+"""
+
+import os
+import re
+import sys
+
+import torch
+
+EOS = "<eos>"
+UNK = "<unk>"
+SPLITS = ("train", "valid", "test")
+LAYOUTS = (
+    {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"},
+    {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"},
+)
+
+
+class CorpusError(ValueError):
+    """A corpus directory or file that cannot be read; the message says which and why."""
+
+
+class Vocabulary:
+    """Word <-> id mapping; ids are given in order of first appearance."""
+
+    def __init__(self, words=()):
+        self.idx2word = []
+        self.word2idx = {}
+        for word in dict.fromkeys(words):  # unique words, in order of first appearance
+            self.add(word)
+
+    def add(self, word):
+        if word not in self.word2idx:
+            self.word2idx[word] = len(self.idx2word)
+            self.idx2word.append(word)
+        return self.word2idx[word]
+
+    def __len__(self):
+        return len(self.idx2word)
+
+    def __contains__(self, word):
+        return word in self.word2idx
+
+    def encode(self, tokens):
+        """Ids of `tokens`; a word outside the vocabulary becomes `<unk>`."""
+        unk = self.word2idx[UNK]
+        return [self.word2idx.get(token, unk) for token in tokens]
+
+    def decode(self, ids):
+        return [self.idx2word[int(i)] for i in ids]
+
+
+def read_tokens(path):
+    """The tokens of one split file: each line's words plus `<eos>`."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{path} is not UTF-8 text (invalid byte at offset {e.start}); "
+            "expected a tokenized corpus with one sentence per line") from None
+    lines = text.splitlines()
+    if not any(line.strip() for line in lines):
+        raise CorpusError(f"{path} is empty; expected one tokenized sentence per line")
+    tokens = []
+    for line in lines:
+        tokens.extend(line.split())
+        tokens.append(EOS)
+    return tokens
+
+
+def split_paths(path):
+    """The paths of the train/valid/test files in `path`, in whichever layout it uses."""
+    if not os.path.isdir(path):
+        raise CorpusError(
+            f"corpus directory {path} does not exist; expected a directory with "
+            "wiki.{train,valid,test}.tokens or {train,valid,test}.txt (see --data)")
+    present = set(os.listdir(path))
+    for layout in LAYOUTS:
+        if any(name in present for name in layout.values()):
+            missing = [name for name in layout.values() if name not in present]
+            if missing:
+                raise CorpusError(f"corpus directory {path} lacks {', '.join(missing)}")
+            return {split: os.path.join(path, name) for split, name in layout.items()}
+    raise CorpusError(
+        f"corpus directory {path} holds neither wiki.{{train,valid,test}}.tokens "
+        "nor {train,valid,test}.txt")
+
+
+class Corpus:
+    """The three splits of a corpus as 1-D int64 tensors of token ids.
+
+    The vocabulary is built from the training split (plus `<unk>` if it lacks one);
+    words of the validation and test splits outside it are mapped to `<unk>`, and
+    how many were mapped is printed once.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        paths = split_paths(path)
+        tokens = {split: read_tokens(paths[split]) for split in SPLITS}
+        self.dictionary = Vocabulary(tokens["train"])
+        self.dictionary.add(UNK)
+        self.unk_replaced = {}
+        for split in SPLITS:
+            ids = self.dictionary.encode(tokens[split])
+            setattr(self, split, torch.tensor(ids, dtype=torch.int64))
+            if split != "train":
+                self.unk_replaced[split] = sum(t not in self.dictionary for t in tokens[split])
+        replaced = {split: n for split, n in self.unk_replaced.items() if n}
+        if replaced:
+            counts = ", ".join(f"{n:,} in {split}" for split, n in replaced.items())
+            print(f"{path}: mapped words missing from the training vocabulary to {UNK}: "
+                  f"{counts}", file=sys.stderr)
+
+
+# Batching for truncated BPTT.
+#
+# batchify cuts the token stream t0 t1 ... t(N-1) into `batch_size` contiguous pieces and
+# lays them side by side as columns (S = N // batch_size steps; the last N % batch_size
+# tokens are dropped):
+#
+#            column 0    column 1    ...   column B-1
+#   row 0    t0          tS                t(B-1)S
+#   row 1    t1          tS+1              t(B-1)S+1
+#   ...      ...         ...               ...
+#   row S-1  tS-1        t2S-1             tBS-1
+#
+# get_batch(source, i, seq_len) takes rows i .. i+seq_len-1 as input and the same rows
+# shifted down by one as targets, so each column is read as one running text and the
+# hidden state of a window carries over to the next window of the same column.
+
+def batchify(data, batch_size):
+    """(N,) token ids -> (N // batch_size, batch_size), each column a contiguous stream."""
+    steps = data.size(0) // batch_size
+    if steps < 2:
+        raise CorpusError(
+            f"a split of {data.size(0)} tokens is too short for batch size {batch_size}")
+    return data[: steps * batch_size].view(batch_size, steps).t().contiguous()
+
+
+def get_batch(source, i, seq_len):
+    """Input rows i .. i+seq_len-1 and their next-token targets, both (seq_len', batch),
+    where seq_len' is shortened at the end of `source`."""
+    seq_len = min(seq_len, source.size(0) - 1 - i)
+    return source[i : i + seq_len], source[i + 1 : i + 1 + seq_len]
+
+
+# WikiText-style tokenisation of free text (prompts) and its inverse (readable output).
+# WikiText separates punctuation by spaces, splits clitics ("don 't", "Lee 's"), and
+# marks a hyphen inside a word and the separators inside numbers with @-@, @,@ and @.@.
+
+ABBREVIATIONS = {
+    "Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "No", "vs", "Op", "Mt", "Ft", "Co", "Inc",
+    "Ltd", "Bros", "Gen", "Col", "Lt", "Sgt", "Capt", "Gov", "Sen", "Rev", "Prof", "Vol",
+    "pp", "ca", "c", "Jan", "Feb", "Aug", "Sept", "Oct", "Nov", "Dec",
+}
+CLITICS = r"'t|'s|'re|'ve|'m|'ll|'d"
+ALWAYS_SPLIT = "()[]{}\",;:!?$£€#%&–—…"
+
+
+def tokenize(text):
+    """Free text -> WikiText tokens: "The 1,000-year-old man's dog." ->
+    The 1 @,@ 000 @-@ year @-@ old man 's dog ."""
+    text = re.sub(r"(?<=\d)([,.])(?=\d)", r" @\1@ ", text)
+    text = re.sub(r"(?<=[\w>])-(?=[\w<])", " @-@ ", text)  # > and <: next to <unk>
+    text = re.sub(rf"(?i)(?<=[\w>])({CLITICS})\b", r" \1", text)
+    text = re.sub("(?<!@)([" + re.escape(ALWAYS_SPLIT) + "])(?!@)", r" \1 ", text)
+    tokens = []
+    for word in text.split():
+        tail = []
+        if len(word) > 3 and word.endswith("..."):
+            word, tail = word[:-3], ["..."]
+        elif len(word) > 1 and word.endswith(".") and not _is_abbreviation(word):
+            word, tail = word[:-1], ["."]
+        elif len(word) > 2 and word.endswith("s'"):  # plural possessive: players '
+            word, tail = word[:-1], ["'"]
+        tokens.append(word)
+        tokens.extend(tail)
+    return tokens
+
+
+def _is_abbreviation(word):
+    stem = word[:-1]
+    return len(stem) == 1 or "." in stem or stem in ABBREVIATIONS
+
+
+def detokenize(tokens):
+    """WikiText tokens -> readable text; `<eos>` becomes a line break."""
+    lines, words, quote_open = [], [], False
+    for token in tokens:
+        if token == EOS:
+            lines.append(_join(words))
+            words, quote_open = [], False
+            continue
+        if token == '"':  # alternate between an opening and a closing quote
+            token = "\x01" if not quote_open else "\x02"
+            quote_open = not quote_open
+        words.append(token)
+    if words:
+        lines.append(_join(words))
+    return "\n".join(lines)
+
+
+def _join(words):
+    text = " " + " ".join(words) + " "
+    text = text.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
+    text = re.sub(rf" ({CLITICS}) ", r"\1 ", text)
+    text = re.sub(r" ([,.;:!?%)\]}'\x02]|\.\.\.)(?= )", r"\1", text)
+    text = re.sub(r"(?<= )([(\[{$£€#\x01]) ", r"\1", text)
+    return text.replace("\x01", '"').replace("\x02", '"').strip()

@@ -1,0 +1,179 @@
+"""model.py: the two LSTM language models of this repository.
+
+- LSTMModel: the plain baseline of the PyTorch word-language-model example
+  (embedding -> dropout -> multi-layer nn.LSTM -> dropout -> linear decoder).
+- AWDLSTM: Merity et al. (2017), "Regularizing and Optimizing LSTM Language Models":
+  embedding dropout, locked (variational) dropout, weight-dropped LSTMs, tied decoder.
+
+Both share one interface, so train.py, generate.py and evaluate.py treat them alike:
+    model = build_model(config)                  # config: a plain dict, kept in checkpoints
+    hidden = model.init_hidden(batch_size)
+    out = model(tokens, hidden)                  # tokens: (seq, batch) int64
+    out.logits                                   # (seq, batch, ntoken)
+    out.hidden                                   # state to feed the next window
+    out.raw_output, out.dropped_output           # last layer, before/after dropout (AR/TAR)
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (seq, batch, ntoken)
+    hidden: object  # per model: see init_hidden
+    raw_output: torch.Tensor  # (seq, batch, features) last LSTM layer's output
+    dropped_output: torch.Tensor  # the same after output dropout; the decoder reads it
+
+
+def detach_hidden(hidden):
+    """Cut the graph between BPTT windows, keeping the values (nested tuples/lists)."""
+    if isinstance(hidden, torch.Tensor):
+        return hidden.detach()
+    return type(hidden)(detach_hidden(h) for h in hidden)
+
+
+# --- Regularisers of AWD-LSTM ------------------------------------------------------------
+
+class LockedDropout(nn.Module):
+    """Variational dropout: one mask of shape (1, batch, features) for every time step."""
+
+    def forward(self, x, p):  # x: (seq, batch, features)
+        if not self.training or p == 0:
+            return x
+        mask = x.new_empty(1, x.size(1), x.size(2)).bernoulli_(1 - p) / (1 - p)
+        return x * mask
+
+
+def embedding_dropout(embedding, tokens, p, training):
+    """Drop whole rows of the embedding matrix (word types), scaling survivors by 1/(1-p):
+    a dropped word is zero at every position where it occurs in this forward pass."""
+    weight = embedding.weight
+    if training and p > 0:
+        mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p)
+        weight = weight * mask
+    return F.embedding(tokens, weight)
+
+
+class WeightDropLSTM(nn.Module):
+    """A one-layer nn.LSTM whose hidden-to-hidden matrix gets DropConnect.
+
+    Each training forward draws a fresh elementwise mask on weight_hh_l0 (shared by all
+    time steps and batch items) and runs the LSTM with the masked matrix through
+    torch.func.functional_call. The module's own parameter is never replaced, so nothing
+    inside nn.LSTM is patched, and nn.LSTM itself hands the weights to cuDNN's fused
+    kernel. In evaluation the matrix is used unchanged.
+    """
+
+    def __init__(self, input_size, hidden_size, weight_dropout):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size)
+        self.weight_dropout = weight_dropout
+
+    def forward(self, x, hidden):
+        if not self.training or self.weight_dropout == 0:
+            return self.lstm(x, hidden)
+        dropped = F.dropout(self.lstm.weight_hh_l0, self.weight_dropout, training=True)
+        return functional_call(self.lstm, {"weight_hh_l0": dropped}, (x, hidden), strict=False)
+
+
+# --- Models ------------------------------------------------------------------------------
+
+class AWDLSTM(nn.Module):
+    """AWD-LSTM. Defaults are the paper's WikiText-2 model (33.6M parameters)."""
+
+    def __init__(self, ntoken, emsize=400, nhid=1150, nlayers=3, dropout=0.4, dropouth=0.2,
+                 dropouti=0.65, dropoute=0.1, wdrop=0.5, tied=True):
+        super().__init__()
+        self.config = dict(model="awd", ntoken=ntoken, emsize=emsize, nhid=nhid,
+                           nlayers=nlayers, dropout=dropout, dropouth=dropouth,
+                           dropouti=dropouti, dropoute=dropoute, wdrop=wdrop, tied=tied)
+        self.dropout, self.dropouth, self.dropouti, self.dropoute = (
+            dropout, dropouth, dropouti, dropoute)
+        self.encoder = nn.Embedding(ntoken, emsize)
+        # emsize -> nhid -> ... -> nhid -> last; the last layer feeds the decoder, so with
+        # tied weights it must be as wide as the embedding.
+        last = emsize if tied else nhid
+        sizes = [emsize] + [nhid] * (nlayers - 1) + [last]
+        self.rnns = nn.ModuleList(
+            WeightDropLSTM(sizes[i], sizes[i + 1], wdrop) for i in range(nlayers))
+        self.lockdrop = LockedDropout()
+        self.decoder = nn.Linear(last, ntoken)
+        if tied:
+            self.decoder.weight = self.encoder.weight
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        if not tied:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    def init_hidden(self, batch_size):
+        """A list with one (h, c) pair per layer, each (1, batch, layer width), zeros."""
+        weight = self.decoder.weight
+        return [(weight.new_zeros(1, batch_size, rnn.lstm.hidden_size),
+                 weight.new_zeros(1, batch_size, rnn.lstm.hidden_size)) for rnn in self.rnns]
+
+    def forward(self, tokens, hidden):
+        x = embedding_dropout(self.encoder, tokens, self.dropoute, self.training)
+        x = self.lockdrop(x, self.dropouti)  # (seq, batch, emsize)
+        new_hidden = []
+        for layer, rnn in enumerate(self.rnns):
+            x, state = rnn(x, hidden[layer])
+            new_hidden.append(state)
+            if layer < len(self.rnns) - 1:
+                x = self.lockdrop(x, self.dropouth)
+        dropped = self.lockdrop(x, self.dropout)  # (seq, batch, last)
+        return ModelOutput(self.decoder(dropped), new_hidden, x, dropped)
+
+
+class LSTMModel(nn.Module):
+    """The baseline. Defaults are the PyTorch example's "medium" model (650 wide, tied)."""
+
+    def __init__(self, ntoken, emsize=650, nhid=650, nlayers=2, dropout=0.5, tied=True):
+        super().__init__()
+        if tied and nhid != emsize:
+            raise ValueError(f"tied weights need nhid == emsize (got {nhid} and {emsize}); "
+                             "set them equal or turn tying off")
+        self.config = dict(model="lstm", ntoken=ntoken, emsize=emsize, nhid=nhid,
+                           nlayers=nlayers, dropout=dropout, tied=tied)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(ntoken, emsize)
+        self.rnn = nn.LSTM(emsize, nhid, nlayers, dropout=dropout if nlayers > 1 else 0.0)
+        self.decoder = nn.Linear(nhid, ntoken)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if tied:
+            self.decoder.weight = self.encoder.weight
+        else:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def init_hidden(self, batch_size):
+        """An (h, c) pair, each (nlayers, batch, nhid), zeros."""
+        weight = self.decoder.weight
+        shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
+        return (weight.new_zeros(shape), weight.new_zeros(shape))
+
+    def forward(self, tokens, hidden):
+        x = self.drop(self.encoder(tokens))
+        output, hidden = self.rnn(x, hidden)
+        dropped = self.drop(output)
+        return ModelOutput(self.decoder(dropped), hidden, output, dropped)
+
+
+MODELS = {"awd": AWDLSTM, "lstm": LSTMModel}
+
+
+def build_model(config):
+    """A model from its plain-dict configuration (`model.config`, as checkpoints store it)."""
+    config = dict(config)
+    kind = config.pop("model")
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[kind](**config)
+
+
+def count_parameters(model):
+    """Trainable parameters, counting a tied matrix once."""
+    return sum(p.numel() for p in model.parameters())

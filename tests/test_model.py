@@ -1,0 +1,169 @@
+"""Tests of model.py: each regulariser's defining property, tying, shapes, parameter counts."""
+
+import warnings
+
+import pytest
+import torch
+
+from model import (AWDLSTM, LockedDropout, LSTMModel, WeightDropLSTM, build_model,
+                   count_parameters, detach_hidden, embedding_dropout)
+
+
+def leaves(hidden):
+    """The tensors of a hidden state (nested tuples and lists)."""
+    if isinstance(hidden, torch.Tensor):
+        return [hidden]
+    return [t for h in hidden for t in leaves(h)]
+
+
+def lstm_parameters(inp, hid):
+    return 4 * hid * (inp + hid) + 2 * 4 * hid
+
+
+def test_awd_lstm_parameter_counts_match_the_paper():
+    assert count_parameters(AWDLSTM(33278)) == 33556078  # WikiText-2
+    assert count_parameters(AWDLSTM(10000)) == 24221600  # Penn Treebank
+
+
+def test_baseline_parameter_count():
+    ntoken = 1000
+    expected = ntoken * 650 + ntoken + 2 * lstm_parameters(650, 650)  # tied: one matrix
+    assert count_parameters(LSTMModel(ntoken)) == expected
+    untied = LSTMModel(ntoken, emsize=200, nhid=300, nlayers=2, tied=False)
+    assert count_parameters(untied) == (ntoken * 200 + 300 * ntoken + ntoken
+                                        + lstm_parameters(200, 300) + lstm_parameters(300, 300))
+
+
+def test_baseline_refuses_tying_unequal_sizes():
+    with pytest.raises(ValueError, match="nhid == emsize"):
+        LSTMModel(100, emsize=200, nhid=300, tied=True)
+
+
+@pytest.mark.parametrize("kind", ["awd", "lstm"])
+def test_shapes_and_hidden_state(kind):
+    model = build_model(dict(model=kind, ntoken=50, emsize=8, nhid=12, nlayers=3,
+                             tied=False))
+    hidden = model.init_hidden(4)
+    out = model(torch.randint(0, 50, (7, 4)), hidden)
+    assert out.logits.shape == (7, 4, 50)
+    assert out.raw_output.shape == out.dropped_output.shape == (7, 4, 12)
+    flat_new = torch.cat([h.flatten() for h in leaves(out.hidden)])
+    flat_old = torch.cat([h.flatten() for h in leaves(hidden)])
+    assert flat_new.shape == flat_old.shape and not torch.equal(flat_new, flat_old)
+    detached = detach_hidden(out.hidden)
+    assert all(not h.requires_grad for h in leaves(detached))
+
+
+def test_awd_layer_widths():
+    model = AWDLSTM(100, emsize=10, nhid=20, nlayers=3)
+    widths = [(rnn.lstm.input_size, rnn.lstm.hidden_size) for rnn in model.rnns]
+    assert widths == [(10, 20), (20, 20), (20, 10)]  # the last matches the tied embedding
+
+
+def test_locked_dropout_mask_is_constant_over_time_and_varies_over_batch_and_features():
+    torch.manual_seed(0)
+    drop = LockedDropout().train()
+    x = torch.ones(30, 8, 16)
+    y = drop(x, 0.5)
+    assert torch.equal(y, y[:1].expand_as(y))  # same mask at every time step
+    assert set(y.unique().tolist()) == {0.0, 2.0}  # dropped, or scaled by 1/(1-p)
+    mask = y[0]  # (batch, features)
+    assert not all(torch.equal(mask[0], mask[b]) for b in range(8))
+    assert not all(torch.equal(mask[:, 0], mask[:, f]) for f in range(16))
+    assert torch.equal(drop.eval()(x, 0.5), x)
+
+
+def test_embedding_dropout_zeroes_whole_word_types():
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(40, 6)
+    tokens = torch.arange(40).repeat(5, 1)  # (5, 40): every word type five times
+    out = embedding_dropout(embedding, tokens, 0.5, training=True)
+    dropped = (out == 0).all(dim=-1)  # (5, 40)
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # all occurrences alike
+    assert 0 < dropped[0].sum() < 40
+    kept = ~dropped[0]
+    assert torch.allclose(out[0][kept], 2 * embedding.weight[kept])
+    assert torch.equal(embedding_dropout(embedding, tokens, 0.5, training=False),
+                       embedding(tokens))
+
+
+def weight_hh_grad_zeros(layer, x, hidden):
+    layer.zero_grad()
+    output, _ = layer(x, hidden)
+    output.pow(2).sum().backward()
+    return layer.lstm.weight_hh_l0.grad == 0
+
+
+def test_weight_drop_draws_a_fresh_mask_each_training_forward():
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(5, 16, weight_dropout=0.5).train()
+    x, hidden = torch.randn(6, 3, 5), (torch.randn(1, 3, 16), torch.randn(1, 3, 16))
+    first = weight_hh_grad_zeros(layer, x, hidden)
+    second = weight_hh_grad_zeros(layer, x, hidden)
+    # A dropped entry of weight_hh gets exactly zero gradient: about half of them.
+    assert 0.4 < first.float().mean() < 0.6
+    assert not torch.equal(first, second)  # a new mask on the next forward
+    assert not torch.equal(layer(x, hidden)[0], layer(x, hidden)[0])
+
+
+def test_weight_drop_is_the_identity_in_evaluation_and_patches_nothing():
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(5, 16, weight_dropout=0.5)
+    parameter = layer.lstm.weight_hh_l0
+    x, hidden = torch.randn(6, 3, 5), (torch.zeros(1, 3, 16), torch.zeros(1, 3, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer.train()(x, hidden)
+        layer.eval()
+        output, _ = layer(x, hidden)
+    assert caught == []
+    assert layer.lstm.weight_hh_l0 is parameter
+    assert [name for name, _ in layer.named_parameters()] == [
+        "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0"]
+    assert torch.equal(output, layer.lstm(x, hidden)[0])
+    assert not layer.lstm.weight_hh_l0.grad_fn  # still a leaf the optimizer updates
+    assert (weight_hh_grad_zeros(layer.eval(), x, hidden)).float().mean() < 0.05
+
+
+def test_tied_weights_share_one_tensor():
+    for model in (AWDLSTM(30, emsize=8, nhid=12), LSTMModel(30, emsize=8, nhid=8)):
+        assert model.decoder.weight is model.encoder.weight
+        with torch.no_grad():
+            model.encoder.weight[3, 0] = 7.0
+        assert model.decoder.weight[3, 0] == 7.0
+
+
+def test_awd_initialisation():
+    model = AWDLSTM(500, emsize=16, nhid=24)
+    assert model.encoder.weight.abs().max() <= 0.1
+    assert torch.equal(model.decoder.bias, torch.zeros(500))
+
+
+@pytest.mark.parametrize("kind", ["awd", "lstm"])
+def test_evaluation_is_deterministic_and_training_is_not(kind):
+    torch.manual_seed(0)
+    model = build_model(dict(model=kind, ntoken=40, emsize=10, nhid=10, nlayers=2,
+                             tied=True))
+    tokens = torch.randint(0, 40, (9, 3))
+    hidden = model.init_hidden(3)
+    model.eval()
+    assert torch.equal(model(tokens, hidden).logits, model(tokens, hidden).logits)
+    model.train()
+    assert not torch.equal(model(tokens, hidden).logits, model(tokens, hidden).logits)
+
+
+def test_a_model_rebuilt_from_its_config_computes_the_same_function():
+    torch.manual_seed(0)
+    model = AWDLSTM(40, emsize=10, nhid=14, nlayers=3, dropouth=0.3, wdrop=0.2).eval()
+    clone = build_model(model.config)
+    clone.load_state_dict(model.state_dict())
+    clone.eval()
+    tokens = torch.randint(0, 40, (5, 2))
+    assert clone.config == model.config
+    assert torch.equal(clone(tokens, clone.init_hidden(2)).logits,
+                       model(tokens, model.init_hidden(2)).logits)
+
+
+def test_build_model_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match="unknown model 'gru'"):
+        build_model(dict(model="gru", ntoken=10))
