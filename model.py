@@ -29,11 +29,16 @@ class ModelOutput(NamedTuple):
     dropped_output: torch.Tensor  # the same after output dropout; the decoder reads it
 
 
-def detach_hidden(hidden):
-    """Cut the graph between BPTT windows, keeping the values (nested tuples/lists)."""
+def map_hidden(fn, hidden):
+    """Apply `fn` to every tensor of a hidden state (nested tuples and lists)."""
     if isinstance(hidden, torch.Tensor):
-        return hidden.detach()
-    return type(hidden)(detach_hidden(h) for h in hidden)
+        return fn(hidden)
+    return type(hidden)(map_hidden(fn, h) for h in hidden)
+
+
+def detach_hidden(hidden):
+    """Cut the graph between BPTT windows, keeping the values."""
+    return map_hidden(torch.Tensor.detach, hidden)
 
 
 # --- Regularisers of AWD-LSTM ------------------------------------------------------------
@@ -51,11 +56,13 @@ class LockedDropout(nn.Module):
 def embedding_dropout(embedding, tokens, p, training):
     """Drop whole rows of the embedding matrix (word types), scaling survivors by 1/(1-p):
     a dropped word is zero at every position where it occurs in this forward pass."""
+    embedded = F.embedding(tokens, embedding.weight)  # (seq, batch, emsize)
+    if not training or p == 0:
+        return embedded
     weight = embedding.weight
-    if training and p > 0:
-        mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p)
-        weight = weight * mask
-    return F.embedding(tokens, weight)
+    mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p)  # (ntoken, 1)
+    # Masking the looked-up rows equals masking the matrix, without touching every row.
+    return embedded * F.embedding(tokens, mask)
 
 
 class WeightDropLSTM(nn.Module):

@@ -1,0 +1,280 @@
+"""evaluate.py: perplexity of a checkpoint, plain, with a continuous cache pointer, or with
+dynamic evaluation.
+
+    python evaluate.py --checkpoint checkpoints/awd.pt                    # test, batch 1
+    python evaluate.py --checkpoint checkpoints/awd.pt --cache            # + cache pointer
+    python evaluate.py --checkpoint checkpoints/awd.pt --tune-cache       # theta, lambda on valid
+    python evaluate.py --checkpoint checkpoints/awd.pt --dynamic          # dynamic evaluation
+
+Continuous cache pointer (Grave et al., 2017): keep the last W last-layer hidden states h_i
+with the words x_(i+1) that followed them; for the current state h_t,
+    p(w) = lambda * sum_i softmax_i(theta * <h_i, h_t>) [x_(i+1) = w] + (1 - lambda) * p_model(w).
+Dynamic evaluation (Krause et al., 2018): after scoring each segment of the text, take a
+gradient step on it, scaled per weight by the RMS of training gradients and pulled back
+toward the trained weights. Both only read the checkpoint; the file is never written.
+
+Perplexity is exp of the mean negative log-likelihood over every target token of the
+batchified split (at batch size 1: every token after the first).
+"""
+
+import argparse
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import checkpoint
+from checkpoint import CheckpointError
+from data import Corpus, CorpusError, batchify, get_batch
+from model import build_model, detach_hidden
+from train import DEFAULT_DATA, SettingsError, pick_device
+
+DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
+
+
+def progress_bar(iterable, desc):
+    return tqdm(iterable, desc=desc, leave=False, disable=not sys.stderr.isatty())
+
+
+# --- Plain and cache evaluation: one streaming pass over a split -------------------------------
+
+def cache_distribution(p_model, history_states, history_words, state, theta, lam):
+    """The full cache-mixed distribution at one position (for inspection and tests).
+    p_model: (ntoken,) probabilities; history_states: (n, d); history_words: (n,); state: (d,)."""
+    if len(history_words) == 0:
+        return p_model
+    attention = torch.softmax(theta * history_states @ state, dim=0)  # (n,)
+    p_cache = torch.zeros_like(p_model).index_add_(0, history_words, attention)
+    return lam * p_cache + (1 - lam) * p_model
+
+
+class CachePointer:
+    """Scores a split segment by segment under the cache mixture, for a whole grid of
+    (theta, lambda) at once. Each batch column is its own text with its own cache of the
+    last `window` pairs (h_i, x_(i+1)). Only the target's probability is needed:
+        p(x_(t+1)) = lambda * sum_i attn_i [x_(i+1) = x_(t+1)] + (1 - lambda) * p_model,
+    and the dot products <h_i, h_t> serve every theta. Memory stays bounded by the window."""
+
+    def __init__(self, window, thetas, lams):
+        self.window = window
+        self.thetas = [float(t) for t in thetas]
+        self.lams = torch.tensor(lams, dtype=torch.float64)
+        self.states = self.words = None  # history: (n, batch, d) and (n, batch)
+        self.total_nll = torch.zeros(len(self.thetas), len(lams), dtype=torch.float64)
+
+    def add(self, logp, states, targets):
+        """logp, targets: (T, batch); states: (T, batch, d), the states that predicted them."""
+        if self.states is None:
+            self.states, self.words = states[:0], targets[:0]
+        n, steps = self.words.size(0), targets.size(0)
+        keys = torch.cat([self.states, states])  # (n + T, batch, d)
+        key_words = torch.cat([self.words, targets])  # (n + T, batch)
+        scores = torch.einsum("tbd,sbd->bts", states.float(), keys.float())  # (batch, T, n + T)
+        query_pos = n + torch.arange(steps, device=keys.device).unsqueeze(1)
+        key_pos = torch.arange(n + steps, device=keys.device).unsqueeze(0)
+        visible = (key_pos < query_pos) & (key_pos >= query_pos - self.window)  # (T, n + T)
+        match = (key_words.T.unsqueeze(1) == targets.T.unsqueeze(2)) & visible  # (batch, T, n+T)
+        has_history = visible.any(dim=1)  # (T,): the first token of a column has no cache
+        p_model = logp.T.double().exp()  # (batch, T)
+        lams = self.lams.to(keys.device).view(-1, 1, 1)
+        for a, theta in enumerate(self.thetas):
+            attention = torch.softmax((theta * scores).masked_fill(~visible, float("-inf")),
+                                      dim=-1).nan_to_num(0.0)
+            p_cache = (attention * match).sum(dim=-1).double()  # (batch, T)
+            mixed = torch.where(has_history, lams * p_cache + (1 - lams) * p_model, p_model)
+            self.total_nll[a] -= mixed.log().sum(dim=(1, 2)).cpu()
+        self.states, self.words = keys[-self.window:], key_words[-self.window:]
+
+
+@torch.no_grad()
+def score(model, data, batch_size, bptt, cache=None, desc="scoring"):
+    """Summed NLL of every target of `data` (1-D ids) and the number of targets; each
+    segment is also fed to `cache` when one is given. A progress bar shows the running
+    perplexity."""
+    model.eval()
+    device = next(model.parameters()).device
+    source = batchify(data, batch_size).to(device)
+    hidden = model.init_hidden(batch_size)
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    bar = progress_bar(range(0, source.size(0) - 1, bptt), desc)
+    for n, i in enumerate(bar):
+        inputs, targets = get_batch(source, i, bptt)
+        out = model(inputs, hidden)
+        hidden = out.hidden
+        logp = torch.log_softmax(out.logits.float(), dim=-1).gather(
+            2, targets.unsqueeze(2)).squeeze(2)  # (T, batch)
+        total -= logp.double().sum()
+        count += targets.numel()
+        if cache is not None:
+            cache.add(logp, out.raw_output, targets)
+        if not bar.disable and n % 20 == 0:
+            bar.set_postfix(ppl=f"{math.exp(total.item() / count):.2f}")
+    return total.item(), count
+
+
+def perplexity(total_nll, count):
+    return math.exp(total_nll / count)
+
+
+# --- Dynamic evaluation ------------------------------------------------------------------------------
+
+def trainable_copy(model):
+    """The same weights in a model with every dropout at zero, kept in training mode:
+    cuDNN computes LSTM gradients only in training mode, and zero dropout keeps it exact."""
+    config = dict(model.config, **{k: 0.0 for k in DROPOUTS if k in model.config})
+    clone = build_model(config).to(next(model.parameters()).device)
+    clone.load_state_dict(model.state_dict())
+    return clone.train()
+
+
+def gradient_rms(model, data, batch_size, bptt, batches):
+    """Root mean square of each weight's gradient over `batches` windows of training data."""
+    source = batchify(data, batch_size).to(next(model.parameters()).device)
+    squares = [torch.zeros_like(p) for p in model.parameters()]
+    hidden = model.init_hidden(batch_size)
+    n = 0
+    for i in progress_bar(range(0, min(source.size(0) - 1, batches * bptt), bptt), "gradient stats"):
+        inputs, targets = get_batch(source, i, bptt)
+        model.zero_grad(set_to_none=True)
+        out = model(inputs, detach_hidden(hidden))
+        hidden = out.hidden
+        F.cross_entropy(out.logits.flatten(0, 1), targets.flatten()).backward()
+        for square, p in zip(squares, model.parameters()):
+            square += p.grad ** 2
+        n += 1
+    return [torch.sqrt(square / max(n, 1)) for square in squares]
+
+
+def dynamic_nll(model, data, batch_size, segment, lr, decay, rms, eps=1e-3):
+    """Summed NLL of every target and the target count under dynamic evaluation.
+
+    Each segment is scored with the current weights, then every weight w moves by
+        - lr * grad / (rms + eps) + decay * (rms / sum of mean rms) * (w0 - w),
+    w0 being the trained weight (Krause et al.'s RMS-normalised rule with a decay toward
+    the trained model, stronger for weights whose training gradients are larger)."""
+    params = list(model.parameters())
+    originals = [p.detach().clone() for p in params]
+    rms_sum = sum(r.mean() for r in rms)
+    pull = [decay * r / rms_sum for r in rms]
+    source = batchify(data, batch_size).to(originals[0].device)
+    hidden = model.init_hidden(batch_size)
+    total = torch.zeros((), dtype=torch.float64, device=originals[0].device)
+    bar = progress_bar(range(0, source.size(0) - 1, segment), "dynamic")
+    for n, i in enumerate(bar):
+        inputs, targets = get_batch(source, i, segment)
+        model.zero_grad(set_to_none=True)
+        out = model(inputs, detach_hidden(hidden))
+        hidden = out.hidden
+        loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum")
+        total += loss.detach().double()
+        (loss / targets.numel()).backward()
+        with torch.no_grad():
+            for p, w0, r, k in zip(params, originals, rms, pull):
+                p.add_(-lr * p.grad / (r + eps) + k * (w0 - p))
+        if not bar.disable and n % 50 == 0:
+            bar.set_postfix(ppl=f"{math.exp(total.item() / ((n + 1) * segment * batch_size)):.2f}")
+    return total.item(), (source.size(0) - 1) * batch_size
+
+
+# --- Command line ------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Perplexity of a checkpoint: plain, with a "
+                                "continuous cache pointer, or with dynamic evaluation.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a model checkpoint written by train.py")
+    p.add_argument("--data", default=None,
+                   help="corpus directory (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--batch_size", type=int, default=1, help="the paper evaluates test at 1")
+    p.add_argument("--bptt", type=int, default=70, help="tokens per forward pass")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g = p.add_argument_group("continuous cache pointer")
+    g.add_argument("--cache", action="store_true", help="mix in the cache pointer")
+    g.add_argument("--window", type=int, default=3785, help="cache size W")
+    g.add_argument("--theta", type=float, default=0.662, help="attention sharpness")
+    g.add_argument("--lambdasm", type=float, default=0.1279, help="cache weight lambda")
+    g.add_argument("--tune-cache", dest="tune_cache", action="store_true",
+                   help="grid-search theta and lambda on valid, then report --split with them")
+    g = p.add_argument_group("dynamic evaluation")
+    g.add_argument("--dynamic", action="store_true", help="dynamic evaluation")
+    g.add_argument("--dyn-lr", dest="dyn_lr", type=float, default=2e-5, help="step size")
+    g.add_argument("--dyn-decay", dest="dyn_decay", type=float, default=0.02,
+                   help="pull toward the trained weights")
+    g.add_argument("--dyn-segment", dest="dyn_segment", type=int, default=5,
+                   help="tokens scored between two updates")
+    g.add_argument("--dyn-stat-batches", dest="dyn_stat_batches", type=int, default=100,
+                   help="training windows (batch 80, BPTT 70) for the gradient RMS")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    for name in ("batch_size", "bptt", "window", "dyn_segment", "dyn_stat_batches"):
+        if getattr(args, name) < 1:
+            raise SettingsError(f"--{name.replace('_', '-')} must be at least 1 "
+                                f"(got {getattr(args, name)})")
+    if not 0 <= args.lambdasm <= 1:
+        raise SettingsError(f"--lambdasm must be in [0, 1] (got {args.lambdasm})")
+    if args.dyn_lr < 0 or args.dyn_decay < 0:
+        raise SettingsError("--dyn-lr and --dyn-decay must not be negative")
+    if args.dynamic and (args.cache or args.tune_cache):
+        raise SettingsError("--dynamic does not combine with the cache here; run them apart")
+
+
+THETAS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.662, 0.7, 0.8, 0.9, 1.0]
+LAMBDAS = [0.05, 0.1, 0.1279, 0.15, 0.2, 0.25, 0.3]
+
+
+def report(name, split, total_nll, count):
+    print(f"{name:<24} {split} ppl {perplexity(total_nll, count):9.2f}   "
+          f"({count:,} target tokens)")
+
+
+def run(args):
+    check_args(args)
+    device = pick_device(args.device)
+    model, _, saved = checkpoint.load_model(args.checkpoint, device)
+    corpus = Corpus(args.data or saved["args"].get("data") or DEFAULT_DATA)
+    checkpoint.check_vocabulary(args.checkpoint, saved["vocab"], corpus)
+    data = getattr(corpus, args.split)
+    print(f"{args.checkpoint}: {saved['config']['model']} model, trained {saved['epoch']} "
+          f"epochs | {args.split} split of {corpus.path} | batch {args.batch_size}")
+
+    if args.dynamic:
+        tuned = trainable_copy(model)
+        rms = gradient_rms(tuned, corpus.train, 80, 70, args.dyn_stat_batches)
+        total, count = dynamic_nll(tuned, data, args.batch_size, args.dyn_segment,
+                                   args.dyn_lr, args.dyn_decay, rms)
+        report(f"dynamic (lr {args.dyn_lr:g})", args.split, total, count)
+        return
+
+    if args.tune_cache:
+        grid = CachePointer(args.window, THETAS, LAMBDAS)
+        _, valid_count = score(model, corpus.valid, args.batch_size, args.bptt, grid,
+                               "tuning on valid")
+        a, b = divmod(int(torch.argmin(grid.total_nll)), len(LAMBDAS))
+        args.theta, args.lambdasm = THETAS[a], LAMBDAS[b]
+        print(f"best on valid: theta {args.theta}, lambda {args.lambdasm} (valid ppl "
+              f"{perplexity(grid.total_nll[a, b].item(), valid_count):.2f})")
+    cache = None
+    if args.cache or args.tune_cache:
+        cache = CachePointer(args.window, [args.theta], [args.lambdasm])
+    total, count = score(model, data, args.batch_size, args.bptt, cache)
+    report("plain", args.split, total, count)
+    if cache is not None:
+        report(f"cache (W {args.window}, theta {args.theta}, lambda {args.lambdasm})",
+               args.split, cache.total_nll.item(), count)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (CheckpointError, CorpusError, SettingsError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

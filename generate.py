@@ -1,0 +1,132 @@
+"""generate.py: sample readable text from a trained checkpoint.
+
+    python generate.py --checkpoint checkpoints/awd.pt
+    python generate.py --checkpoint checkpoints/awd.pt --prompt "The castle was" --words 60 \\
+        --temperature 0.8 --top-p 0.9 --seed 7
+
+The prompt is tokenised the WikiText way and read by the model first; sampling starts from
+the hidden state after it, and the printed text begins with the prompt. Without a prompt
+the model starts as at a line break. Output is detokenised into plain text (`<eos>`
+becomes a line break) unless --raw asks for WikiText tokens. The checkpoint is the only
+input: it carries the model's configuration and vocabulary.
+"""
+
+import argparse
+import sys
+
+import torch
+
+import checkpoint
+from checkpoint import CheckpointError
+from data import EOS, UNK, detokenize, tokenize
+from train import SettingsError, pick_device
+
+
+def filter_logits(logits, top_k=0, top_p=1.0):
+    """Keep the `top_k` most likely tokens and the smallest set whose probability reaches
+    `top_p` (nucleus); the others get -inf. logits: (ntoken,)."""
+    if top_k and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens before it already reach top_p (the first one stays)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
+        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+def next_token(logits, temperature, top_k, top_p, generator):
+    """The next token id from (ntoken,) logits: argmax at temperature 0, else a sample."""
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(model, vocab, prompt_tokens, words, temperature=1.0, top_k=0, top_p=1.0,
+             seed=1111, allow_unk=False):
+    """The prompt's tokens followed by `words` sampled tokens (a list of strings)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)  # sampling on the CPU: same seed, same text
+    context = vocab.encode(prompt_tokens or [EOS])
+    out = model(torch.tensor(context, device=device).view(-1, 1), model.init_hidden(1))
+    hidden, logits = out.hidden, out.logits[-1, 0].float().cpu()
+    banned = None if allow_unk or UNK not in vocab else vocab.word2idx[UNK]
+    sampled = []
+    for _ in range(words):
+        if banned is not None:
+            logits[banned] = float("-inf")
+        token = next_token(logits, temperature, top_k, top_p, generator)
+        sampled.append(vocab.idx2word[token])
+        out = model(torch.tensor([[token]], device=device), hidden)
+        hidden, logits = out.hidden, out.logits[-1, 0].float().cpu()
+    return list(prompt_tokens) + sampled
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Sample text from a trained checkpoint.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a model checkpoint written by train.py")
+    p.add_argument("--prompt", default="", help="text the sample continues")
+    p.add_argument("--words", type=int, default=100, help="tokens to sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 picks the most likely word")
+    p.add_argument("--top-k", dest="top_k", type=int, default=0,
+                   help="sample among the k most likely words (0: all)")
+    p.add_argument("--top-p", dest="top_p", type=float, default=1.0,
+                   help="sample among the most likely words whose probability reaches p")
+    p.add_argument("--seed", type=int, default=1111, help="same seed, same text")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--outf", help="write the text to this file instead of the terminal")
+    p.add_argument("--raw", action="store_true", help="print WikiText tokens unchanged")
+    p.add_argument("--allow-unk", dest="allow_unk", action="store_true",
+                   help=f"let the model sample {UNK}")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    if args.words < 1:
+        raise SettingsError(f"--words must be at least 1 (got {args.words})")
+    if args.temperature < 0:
+        raise SettingsError(f"--temperature must not be negative (got {args.temperature}); "
+                            "0 means greedy")
+    if not 0 < args.top_p <= 1:
+        raise SettingsError(f"--top-p must be in (0, 1] (got {args.top_p})")
+    if args.top_k < 0:
+        raise SettingsError(f"--top-k must not be negative (got {args.top_k}); 0 turns it off")
+
+
+def render(tokens, raw):
+    """WikiText tokens as the corpus writes them (raw) or as readable text."""
+    if raw:
+        return " ".join(tokens).replace(f" {EOS} ", "\n").replace(EOS, "\n")
+    return detokenize(tokens)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        check_args(args)
+        device = pick_device(args.device)
+        model, vocab, _ = checkpoint.load_model(args.checkpoint, device)
+    except (CheckpointError, SettingsError) as e:
+        sys.exit(f"error: {e}")
+    prompt = tokenize(args.prompt)
+    unknown = sorted({t for t in prompt if t not in vocab})
+    if unknown:
+        print(f"not in the vocabulary, read as {UNK}: {', '.join(unknown)}", file=sys.stderr)
+    tokens = generate(model, vocab, prompt, args.words, args.temperature, args.top_k,
+                      args.top_p, args.seed, args.allow_unk)
+    text = render(tokens, args.raw)
+    if args.outf:
+        with open(args.outf, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(f"wrote {args.words} sampled words to {args.outf}", file=sys.stderr)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Tests of generate.py on a tiny model trained inside the tests."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+import generate
+import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small AWD-LSTM trained for two epochs on text where <unk> is the commonest word."""
+    root = tmp_path_factory.mktemp("corpus")
+    line = "the <unk> sat on a <unk> , the <unk> ran to the <unk> park .\n"
+    for name, repeat in (("train.txt", 80), ("valid.txt", 20), ("test.txt", 20)):
+        (root / name).write_text(line * repeat)
+    path = root / "awd.pt"
+    train.main(["--model", "awd", "--data", str(root), "--emsize", "16", "--nhid", "32",
+                "--batch_size", "4", "--bptt", "10", "--epochs", "2", "--save", str(path)])
+    return str(path)
+
+
+def sample(path, prompt="the", words=30, **kw):
+    model, vocab, _ = checkpoint.load_model(path)
+    return generate.generate(model, vocab, prompt.split(), words, **kw)
+
+
+def greedy_by_hand(path, prompt, words):
+    """Argmax decoding written out step by step, with <unk> excluded."""
+    model, vocab, _ = checkpoint.load_model(path)
+    ids = vocab.encode(prompt)
+    unk = vocab.word2idx["<unk>"]
+    out = model(torch.tensor(ids).view(-1, 1), model.init_hidden(1))
+    tokens = []
+    for _ in range(words):
+        logits = out.logits[-1, 0].clone()
+        logits[unk] = float("-inf")
+        token = int(logits.argmax())
+        tokens.append(vocab.idx2word[token])
+        out = model(torch.tensor([[token]]), out.hidden)
+    return tokens
+
+
+def test_same_seed_same_text_and_another_seed_other_text(trained):
+    assert sample(trained, seed=5) == sample(trained, seed=5)
+    assert sample(trained, seed=5, words=60) != sample(trained, seed=6, words=60)
+
+
+def test_temperature_zero_follows_the_argmax(trained):
+    tokens = sample(trained, prompt="the", words=15, temperature=0)
+    assert tokens == ["the"] + greedy_by_hand(trained, ["the"], 15)
+
+
+def test_top_k_one_equals_greedy(trained):
+    greedy = sample(trained, words=15, temperature=0)
+    assert sample(trained, words=15, top_k=1, seed=1) == greedy
+    assert sample(trained, words=15, top_k=1, seed=2) == greedy
+
+
+def test_output_begins_with_the_prompt(trained):
+    tokens = sample(trained, prompt="a park , the", words=5)
+    assert tokens[:4] == ["a", "park", ",", "the"] and len(tokens) == 9
+
+
+def test_unk_is_never_sampled_unless_allowed(trained):
+    assert "<unk>" not in sample(trained, words=200, temperature=1.5)
+    assert "<unk>" in sample(trained, words=200, allow_unk=True)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([0.15, 0.5, 0.3, 0.05]))
+    kept = torch.isfinite(generate.filter_logits(logits, top_p=0.7))
+    assert kept.tolist() == [False, True, True, False]  # 0.5 < 0.7 <= 0.5 + 0.3
+    kept = torch.isfinite(generate.filter_logits(logits, top_p=0.4))
+    assert kept.tolist() == [False, True, False, False]
+    kept = torch.isfinite(generate.filter_logits(logits, top_k=3))
+    assert kept.tolist() == [True, True, True, False]
+
+
+def run_cli(args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "generate.py")] + args,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_command_line_round_trip(trained, tmp_path):
+    result = run_cli(["--checkpoint", trained, "--prompt", "The dog's park", "--words", "20"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The dog's park")
+    assert "not in the vocabulary, read as <unk>: 's, The, dog" in result.stderr
+    assert " @-@ " not in result.stdout and " ," not in result.stdout
+    raw = run_cli(["--checkpoint", trained, "--prompt", "the park", "--raw", "--words", "20",
+                   "--outf", str(tmp_path / "out.txt")])
+    assert raw.returncode == 0
+    assert (tmp_path / "out.txt").read_text().startswith("the park ")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--checkpoint", "missing.pt"], "does not exist"),
+    (["--temperature", "-1"], "--temperature must not be negative"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--words", "0"], "--words must be at least 1"),
+])
+def test_bad_arguments_give_one_clean_error_line(trained, args, fragment):
+    if args[0] != "--checkpoint":
+        args = ["--checkpoint", trained] + args
+    with pytest.raises(SystemExit) as exit_:
+        generate.main(args)
+    message = exit_.value.code
+    assert message.startswith("error: ") and fragment in message and "\n" not in message
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(3)}, junk)
+    result = run_cli(["--checkpoint", str(junk)])
+    assert result.returncode != 0
+    assert result.stderr.strip() == (f"error: {junk} is not a checkpoint of this project "
+                                     "(train.py writes them)")

@@ -1,0 +1,265 @@
+"""Tests of train.py on tiny corpora: learning, NT-ASGD, exact resume, interruption, errors."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import train
+from data import Corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_AWD = ["--model", "awd", "--emsize", "16", "--nhid", "24", "--batch_size", "4",
+            "--bptt", "12", "--seed", "3"]
+
+
+def write_corpus(root, train_text, valid_text, test_text):
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in (("train.txt", train_text), ("valid.txt", valid_text),
+                       ("test.txt", test_text)):
+        (root / name).write_text(text)
+    return str(root)
+
+
+@pytest.fixture
+def repeating(tmp_path):
+    """A corpus where every token is determined by the one before it."""
+    line = "a b c d e f g h i j\n"
+    return write_corpus(tmp_path / "repeating", line * 60, line * 30, line * 30)
+
+
+@pytest.fixture
+def random_text(tmp_path):
+    """Random words: a model can only overfit the training split."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+
+    def text(lines):
+        return "".join(" ".join(rng.choice(words, size=rng.integers(4, 12))) + "\n"
+                       for _ in range(lines))
+
+    return write_corpus(tmp_path / "random", text(120), text(20), text(20))
+
+
+def run(argv):
+    train.main([str(a) for a in argv])
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_small_model_learns_a_repeating_corpus(repeating, tmp_path):
+    save = tmp_path / "lstm.pt"
+    run(["--model", "lstm", "--data", repeating, "--emsize", "24", "--nhid", "24",
+         "--dropout", "0", "--batch_size", "4", "--bptt", "10", "--lr", "5", "--epochs", "8",
+         "--save", save])
+    saved = checkpoint.load(str(save))
+    assert saved["valid_ppl"] < 1.1
+    rows = read_csv(tmp_path / "lstm.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert float(rows[-1]["valid_ppl"]) < float(rows[0]["valid_ppl"])
+
+
+@pytest.mark.parametrize("history, valid_loss, fires", [
+    ([5.0, 4.0, 3.0], 3.5, False),  # not more than nonmono = 3 epochs before this one
+    ([5.0, 4.0, 3.0, 2.9], 3.5, False),  # 3.5 is better than min([5.0])
+    ([5.0, 4.0, 3.0, 2.9], 5.1, True),  # worse than every epoch before the last three
+    ([5.0, 4.0, 3.0, 2.9, 2.8], 4.5, True),  # worse than min([5.0, 4.0]) = 4.0
+    ([5.0, 4.0, 3.0, 2.9, 2.8], 3.9, False),  # better than 4.0: the last 3 do not count
+    ([5.0, 4.0, 3.0, 2.9, 2.8], 4.0, False),  # equal is not worse
+])
+def test_nt_asgd_trigger(history, valid_loss, fires):
+    assert train.should_start_averaging(history, valid_loss, nonmono=3) is fires
+
+
+def test_nt_asgd_switches_on_a_corpus_that_overfits(random_text, tmp_path, capsys):
+    save = tmp_path / "awd.pt"
+    run(TINY_AWD + ["--data", random_text, "--emsize", "48", "--nhid", "96", "--lr", "30",
+                    "--dropouti", "0", "--dropouth", "0", "--dropout", "0", "--wdrop", "0",
+                    "--dropoute", "0", "--nonmono", "2", "--epochs", "12", "--save", save])
+    rows = read_csv(tmp_path / "awd.csv")
+    switches = [int(r["epoch"]) for r in rows if r["event"] == "switch to ASGD"]
+    assert len(switches) == 1
+    k = switches[0]
+    losses = [float(r["valid_loss"]) for r in rows]
+    # The switch fired exactly at the first epoch where the rule holds.
+    assert all(not train.should_start_averaging(losses[:e - 1], losses[e - 1], 2)
+               for e in range(1, k))
+    assert train.should_start_averaging(losses[:k - 1], losses[k - 1], 2)
+    assert {r["mode"] for r in rows[k:]} == {"ASGD"} and rows[k - 1]["mode"] == "SGD"
+    assert f"switching to ASGD at epoch {k}" in capsys.readouterr().out
+    assert checkpoint.load(str(tmp_path / "awd.state.pt"))["averaged"] is not None
+
+
+def test_averaged_weights_are_the_mean_of_the_iterates(random_text):
+    settings = {**train.PRESETS["awd"], **train.COMMON, "emsize": 8, "nhid": 12,
+                "batch_size": 4, "bptt": 10, "model": "awd", "finetune": "x", "save": "-"}
+    trainer = train.Trainer(settings, Corpus(random_text), torch.device("cpu"))
+    iterates = []
+    trainer.optimizer.register_step_post_hook(
+        lambda opt, args, kwargs: iterates.append(
+            [p.detach().clone() for p in trainer.model.parameters()]))
+    with train.StopRequest() as stop:
+        trainer.train_epoch(stop, max_batches=7, log_interval=50)
+    assert len(iterates) == 7
+    for i, averaged in enumerate(trainer.averaged.module.parameters()):
+        mean = torch.stack([step[i] for step in iterates]).mean(0)
+        assert torch.allclose(averaged, mean, atol=1e-6)
+    assert not torch.allclose(next(trainer.averaged.module.parameters()), iterates[-1][0])
+
+
+def final_state(path):
+    state = checkpoint.load(str(path), kind="state")
+    return state["model"], state["averaged"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_gives_the_same_weights_as_never_stopping(random_text, tmp_path):
+    common = TINY_AWD + ["--data", random_text, "--nonmono", "1", "--max-batches", "15"]
+    run(common + ["--epochs", "4", "--save", tmp_path / "straight.pt"])
+    run(common + ["--epochs", "2", "--save", tmp_path / "split.pt"])
+    run(["--resume", tmp_path / "split.state.pt", "--epochs", "4", "--max-batches", "15"])
+    straight, split = final_state(tmp_path / "straight.state.pt"), final_state(
+        tmp_path / "split.state.pt")
+    assert_same_weights(straight[0], split[0])
+    assert straight[1] is not None  # averaging started, and its weights match too
+    assert_same_weights(straight[1], split[1])
+    def without_timings(path):
+        return [{k: v for k, v in row.items() if k not in ("seconds", "tokens_per_s")}
+                for row in read_csv(path)]
+
+    assert without_timings(tmp_path / "straight.csv") == without_timings(tmp_path / "split.csv")
+
+
+def start(argv):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py")] + [str(a) for a in argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_sigterm_stops_saves_and_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(2000))
+    data = write_corpus(tmp_path / "long", text, text[:2000], text[:2000])
+    common = TINY_AWD + ["--data", data, "--epochs", "2", "--log-interval", "5"]
+    run(common + ["--save", tmp_path / "straight.pt"])
+
+    proc = start(common + ["--save", tmp_path / "stopped.pt"])
+    for line in proc.stdout:  # wait for the first epoch to end, then stop mid-second
+        if line.startswith("epoch    1 |"):
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "training state saved" in out and "test ppl" in out
+    state = checkpoint.load(str(tmp_path / "stopped.state.pt"), kind="state")
+    assert state["epoch"] == 1 and state["position"] is not None  # stopped inside epoch 2
+
+    run(["--resume", tmp_path / "stopped.state.pt"])
+    assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
+                        final_state(tmp_path / "stopped.state.pt")[0])
+
+
+def test_finetune_writes_a_new_file_and_stops_at_the_trigger(random_text, tmp_path):
+    save = tmp_path / "awd.pt"
+    run(TINY_AWD + ["--data", random_text, "--epochs", "3", "--max-batches", "10",
+                    "--save", save])
+    before = save.read_bytes()
+    run(["--finetune", save, "--nonmono", "1", "--epochs", "50", "--max-batches", "10"])
+    assert save.read_bytes() == before
+    rows = read_csv(tmp_path / "awd-finetune.csv")
+    assert rows[-1]["event"] == "fine-tuning done" and len(rows) < 50
+    assert {r["mode"] for r in rows} == {"ASGD"}
+    tuned = checkpoint.load(str(tmp_path / "awd-finetune.pt"))
+    assert tuned["config"] == checkpoint.load(str(save))["config"]
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
+        random_text, tmp_path, monkeypatch):
+    save = tmp_path / "awd.pt"
+    run(TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "5",
+                    "--save", save])
+    good = save.read_bytes()
+    calls = []
+
+    def poisoned(out, alpha, beta):
+        calls.append(1)
+        # from the fourth step on the gradients are NaN, as after a blow-up
+        return out.dropped_output.sum() * (float("nan") if len(calls) > 3 else 0.0)
+
+    monkeypatch.setattr(train, "activation_regularization", poisoned)
+    with pytest.raises(SystemExit) as exit_:
+        run(["--resume", tmp_path / "awd.state.pt", "--epochs", "3", "--max-batches", "5"])
+    assert "loss became nan" in str(exit_.value.code) and str(save) in str(exit_.value.code)
+    assert save.read_bytes() == good
+    assert checkpoint.load(str(tmp_path / "awd.state.pt"), kind="state")["epoch"] == 1
+
+
+def bad_run(argv):
+    with pytest.raises(SystemExit) as exit_:
+        run(argv)
+    message = exit_.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_bad_input_gives_one_clean_error_line(random_text, tmp_path):
+    assert "does not exist" in bad_run(["--data", tmp_path / "nowhere"])
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    assert "not a readable checkpoint" in bad_run(["--resume", corrupt])
+    assert "must be positive" in bad_run(["--data", random_text, "--lr", "-1"])
+    assert "applies to --model awd only" in bad_run(["--model", "lstm", "--wdrop", "0.1"])
+
+
+def test_a_checkpoint_with_another_vocabulary_is_refused(random_text, repeating, tmp_path):
+    save = tmp_path / "awd.pt"
+    run(TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                    "--save", save])
+    message = bad_run(["--resume", tmp_path / "awd.state.pt", "--data", repeating])
+    assert "vocabulary" in message and "--data" in message
+    assert "vocabulary" in bad_run(["--finetune", save, "--data", repeating])
+
+
+def test_a_new_run_does_not_overwrite_existing_checkpoints(random_text, tmp_path):
+    args = TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                       "--save", tmp_path / "awd.pt"]
+    run(args)
+    before = (tmp_path / "awd.pt").read_bytes()
+    assert "--resume" in bad_run(args)
+    assert (tmp_path / "awd.pt").read_bytes() == before
+    run(args + ["--overwrite"])
+
+
+def test_the_command_line_prints_one_error_line_and_exits_non_zero(tmp_path):
+    proc = start(["--data", tmp_path / "nowhere"])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert err.strip().count("\n") == 0 and err.startswith("error: ") and "nowhere" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_one_is_a_clear_error(random_text):
+    assert "no CUDA device" in bad_run(["--data", random_text, "--device", "cuda"])
+
+
+def test_help_shows_the_preset_defaults(capsys):
+    with pytest.raises(SystemExit):
+        run(["--help"])
+    out = capsys.readouterr().out
+    assert "awd: 30.0, lstm: 20.0" in out and "awd: 750, lstm: 40" in out
