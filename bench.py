@@ -90,7 +90,7 @@ def time_steps(model_kind, shape, regularised, corpus, device, steps, warmup,
     return seconds, peak, count_parameters(model)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -104,7 +104,7 @@ def main():
         for name in SHAPE:
             p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=int, default=None,
                            help=f"{prefix} {name} (default: by device)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = pick_device(args.device)
     defaults = FULL if args.full or device.type == "cuda" else CPU_SMALL
     shapes = {kind: tuple(getattr(args, f"{kind}_{name}") or default

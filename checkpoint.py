@@ -12,6 +12,8 @@ torch.load(..., weights_only=True) on any PyTorch version. Two kinds, both with
 """
 
 import os
+import pickle
+import zipfile
 
 import torch
 
@@ -53,9 +55,16 @@ def load(path, kind=None):
     """A checkpoint of this project as a dict on the CPU; CheckpointError if it is not one."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a file written by "
+                              "torch.save, or a truncated one)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project: it holds pickled objects, not "
+            "plain data (train.py writes checkpoints that load with weights_only=True)") from None
+    except Exception as e:  # torch raises several types for damaged archives
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint ({reason[:200]})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:

@@ -38,7 +38,7 @@ def progress_bar(iterable, desc):
     return tqdm(iterable, desc=desc, leave=False, disable=not sys.stderr.isatty())
 
 
-# --- Plain and cache evaluation: one streaming pass over a split -------------------------------
+# --- Plain and cache evaluation: one streaming pass over a split -------------------------
 
 def cache_distribution(p_model, history_states, history_words, state, theta, lam):
     """The full cache-mixed distribution at one position (for inspection and tests).
@@ -118,7 +118,7 @@ def perplexity(total_nll, count):
     return math.exp(total_nll / count)
 
 
-# --- Dynamic evaluation ------------------------------------------------------------------------------
+# --- Dynamic evaluation ------------------------------------------------------------------
 
 def trainable_copy(model):
     """The same weights in a model with every dropout at zero, kept in training mode:
@@ -135,7 +135,8 @@ def gradient_rms(model, data, batch_size, bptt, batches):
     squares = [torch.zeros_like(p) for p in model.parameters()]
     hidden = model.init_hidden(batch_size)
     n = 0
-    for i in progress_bar(range(0, min(source.size(0) - 1, batches * bptt), bptt), "gradient stats"):
+    starts = range(0, min(source.size(0) - 1, batches * bptt), bptt)
+    for i in progress_bar(starts, "gradient stats"):
         inputs, targets = get_batch(source, i, bptt)
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
@@ -174,11 +175,12 @@ def dynamic_nll(model, data, batch_size, segment, lr, decay, rms, eps=1e-3):
             for p, w0, r, k in zip(params, originals, rms, pull):
                 p.add_(-lr * p.grad / (r + eps) + k * (w0 - p))
         if not bar.disable and n % 50 == 0:
-            bar.set_postfix(ppl=f"{math.exp(total.item() / ((n + 1) * segment * batch_size)):.2f}")
+            scored = (n + 1) * segment * batch_size  # about; exact at the end
+            bar.set_postfix(ppl=f"{math.exp(total.item() / scored):.2f}")
     return total.item(), (source.size(0) - 1) * batch_size
 
 
-# --- Command line ------------------------------------------------------------------------------------
+# --- Command line ------------------------------------------------------------------------
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Perplexity of a checkpoint: plain, with a "

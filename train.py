@@ -204,7 +204,7 @@ def pick_device(name):
     return torch.device(name)
 
 
-# --- Pieces of the training loop -----------------------------------------------------------
+# --- Pieces of the training loop ---------------------------------------------------------
 
 def sample_seq_len(rng, bptt):
     """AWD-LSTM's variable BPTT: around bptt (p = 0.95) or bptt / 2, sd 5, at least 5."""
@@ -304,7 +304,7 @@ def ppl(loss):
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-# --- The run -----------------------------------------------------------------------------------
+# --- The run -----------------------------------------------------------------------------
 
 class Trainer:
     """One training run: model, optimizer, NT-ASGD average and the bookkeeping that a
@@ -370,7 +370,8 @@ class Trainer:
             self.averaged = AveragedModel(self.model)
             self.averaged.load_state_dict(state["averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.lr, self.epoch, self.valid_history = state["lr"], state["epoch"], state["valid_history"]
+        self.lr, self.epoch, self.valid_history = (
+            state["lr"], state["epoch"], state["valid_history"])
         self.best_valid_loss, self.metrics, self.done = (
             state["best_valid_loss"], state["metrics"], state["done"])
         self.position = state["position"]

@@ -52,11 +52,14 @@ def test_a_crash_during_a_write_keeps_the_previous_checkpoint(tmp_path, monkeypa
     (None, "does not exist"),
     (b"not a zip archive at all", "is not a readable checkpoint"),
     ("foreign", "is not a checkpoint of this project"),
+    ("pickled", "holds pickled objects"),
 ])
 def test_unusable_files_are_refused_with_the_path(tmp_path, content, fragment):
     path = str(tmp_path / "x.pt")
     if content == "foreign":
         torch.save({"state_dict": {}}, path)
+    elif content == "pickled":  # a whole module, as older projects saved them
+        torch.save(torch.nn.Linear(2, 2), path)
     elif content is not None:
         open(path, "wb").write(content)
     with pytest.raises(CheckpointError) as error:

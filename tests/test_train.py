@@ -147,8 +147,9 @@ def test_resume_gives_the_same_weights_as_never_stopping(random_text, tmp_path):
 
 def start(argv):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py")] + [str(a) for a in argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    command = [sys.executable, os.path.join(REPO, "train.py")] + [str(a) for a in argv]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
 
 
 def test_sigterm_stops_saves_and_resumes_exactly(tmp_path):

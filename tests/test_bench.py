@@ -1,0 +1,41 @@
+"""Tests of bench.py: it compares like with like, and prints every figure."""
+
+import re
+
+import torch
+
+import bench
+from model import build_model
+from train import PRESETS, train_step
+
+
+def test_the_example_style_step_computes_the_same_update_as_train_step():
+    s = dict(PRESETS["lstm"], dropout=0.0)
+    torch.manual_seed(0)
+    inputs, targets = torch.randint(0, 50, (7, 3)), torch.randint(0, 50, (7, 3))
+    updated = []
+    for step in (train_step, bench.example_style_step):
+        torch.manual_seed(1)
+        model = build_model(dict(model="lstm", ntoken=50, emsize=8, nhid=8, nlayers=2,
+                                 dropout=0.0, tied=True))
+        optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"])
+        loss, _ = step(model, optimizer, inputs, targets, model.init_hidden(3), s["lr"], s)
+        updated.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*updated):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_bench_prints_every_configuration_with_positive_figures(capsys):
+    tiny = []
+    for kind in ("awd", "lstm"):
+        tiny += [f"--{kind}-emsize", "8", f"--{kind}-nhid", "8", f"--{kind}-nlayers", "2",
+                 f"--{kind}-batch-size", "2", f"--{kind}-bptt", "5"]
+    bench.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--repeats", "1"] + tiny)
+    out = capsys.readouterr().out
+    for label in "abcd":
+        row = re.search(rf"^\({label}\) .*?\s([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+) MiB$",
+                        out, re.M)
+        assert row, label
+        assert float(row.group(2)) > 0 and int(row.group(3).replace(",", "")) > 0
+    assert re.search(r"^a/b .*\s\d\.\d{3}$", out, re.M)
+    assert re.search(r"^c/d .*\s\d\.\d{3}$", out, re.M)
