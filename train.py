@@ -524,8 +524,9 @@ def train(args):
         trainer.load_state(loaded)
 
     n_params = count_parameters(trainer.model)
+    threads = torch.get_num_threads()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{torch.get_num_threads()} threads"
+        f"{threads} thread{'s' if threads > 1 else ''}"
     print(f"device: {device.type} ({where}) | model: {settings['model']}, "
           f"{n_params:,} parameters | vocabulary {len(corpus.dictionary):,} | "
           f"train {len(corpus.train):,} tokens")
