@@ -64,8 +64,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train an LSTM language model (baseline or AWD-LSTM) with truncated BPTT.",
         epilog="Defaults in brackets are the presets: awd = Merity et al.'s WikiText-2 "
-               "recipe, lstm = the PyTorch example's. Every flag overrides its preset entry.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               "recipe, lstm = the PyTorch example's. Every flag overrides its preset entry.")
 
     def preset(name, kind, help):
         shown = ", ".join(f"{m}: {PRESETS[m][name]}" for m in PRESETS if name in PRESETS[m])
@@ -120,11 +119,11 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="let a new run replace existing checkpoints at --save")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to train: auto picks CUDA when available")
+                   help="where to train (default auto: CUDA when available, else CPU)")
     p.add_argument("--max-batches", dest="max_batches", type=int, default=None,
                    help="cap the training batches per epoch (smoke runs)")
     p.add_argument("--log-interval", dest="log_interval", type=int, default=50,
-                   help="batches between progress-bar updates")
+                   help="batches between progress-bar updates (default 50)")
     return p.parse_args(argv)
 
 
