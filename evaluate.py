@@ -18,7 +18,6 @@ batchified split (at batch size 1: every token after the first).
 """
 
 import argparse
-import math
 import sys
 
 import torch
@@ -29,7 +28,7 @@ import checkpoint
 from checkpoint import CheckpointError
 from data import Corpus, CorpusError, batchify, get_batch
 from model import build_model, detach_hidden
-from train import DEFAULT_DATA, SettingsError, pick_device
+from train import DEFAULT_DATA, SettingsError, evaluate, pick_device, ppl
 
 DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 
@@ -51,9 +50,9 @@ def cache_distribution(p_model, history_states, history_words, state, theta, lam
 
 
 class CachePointer:
-    """Scores a split segment by segment under the cache mixture, for a whole grid of
-    (theta, lambda) at once. Each batch column is its own text with its own cache of the
-    last `window` pairs (h_i, x_(i+1)). Only the target's probability is needed:
+    """Scores a split segment by segment (as train.evaluate's on_segment) under the cache
+    mixture, for a whole grid of (theta, lambda) at once. Each batch column is its own text
+    with its own cache of the last `window` pairs (h_i, x_(i+1)). Only the target's probability is needed:
         p(x_(t+1)) = lambda * sum_i attn_i [x_(i+1) = x_(t+1)] + (1 - lambda) * p_model,
     and the dot products <h_i, h_t> serve every theta. Memory stays bounded by the window."""
 
@@ -86,36 +85,6 @@ class CachePointer:
             mixed = torch.where(has_history, lams * p_cache + (1 - lams) * p_model, p_model)
             self.total_nll[a] -= mixed.log().sum(dim=(1, 2)).cpu()
         self.states, self.words = keys[-self.window:], key_words[-self.window:]
-
-
-@torch.no_grad()
-def score(model, data, batch_size, bptt, cache=None, desc="scoring"):
-    """Summed NLL of every target of `data` (1-D ids) and the number of targets; each
-    segment is also fed to `cache` when one is given. A progress bar shows the running
-    perplexity."""
-    model.eval()
-    device = next(model.parameters()).device
-    source = batchify(data, batch_size).to(device)
-    hidden = model.init_hidden(batch_size)
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    bar = progress_bar(range(0, source.size(0) - 1, bptt), desc)
-    for n, i in enumerate(bar):
-        inputs, targets = get_batch(source, i, bptt)
-        out = model(inputs, hidden)
-        hidden = out.hidden
-        logp = torch.log_softmax(out.logits.float(), dim=-1).gather(
-            2, targets.unsqueeze(2)).squeeze(2)  # (T, batch)
-        total -= logp.double().sum()
-        count += targets.numel()
-        if cache is not None:
-            cache.add(logp, out.raw_output, targets)
-        if not bar.disable and n % 20 == 0:
-            bar.set_postfix(ppl=f"{math.exp(total.item() / count):.2f}")
-    return total.item(), count
-
-
-def perplexity(total_nll, count):
-    return math.exp(total_nll / count)
 
 
 # --- Dynamic evaluation ------------------------------------------------------------------
@@ -176,7 +145,7 @@ def dynamic_nll(model, data, batch_size, segment, lr, decay, rms, eps=1e-3):
                 p.add_(-lr * p.grad / (r + eps) + k * (w0 - p))
         if not bar.disable and n % 50 == 0:
             scored = (n + 1) * segment * batch_size  # about; exact at the end
-            bar.set_postfix(ppl=f"{math.exp(total.item() / scored):.2f}")
+            bar.set_postfix(ppl=f"{ppl(total.item() / scored):.2f}")
     return total.item(), (source.size(0) - 1) * batch_size
 
 
@@ -231,9 +200,8 @@ THETAS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.662, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5]
 LAMBDAS = [0.05, 0.1, 0.1279, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
 
 
-def report(name, split, total_nll, count):
-    print(f"{name:<24} {split} ppl {perplexity(total_nll, count):9.2f}   "
-          f"({count:,} target tokens)")
+def report(name, split, mean_nll, count):
+    print(f"{name:<24} {split} ppl {ppl(mean_nll):9.2f}   ({count:,} target tokens)")
 
 
 def run(args):
@@ -243,6 +211,7 @@ def run(args):
     corpus = Corpus(args.data or saved["args"].get("data") or DEFAULT_DATA)
     checkpoint.check_vocabulary(args.checkpoint, saved["vocab"], corpus)
     data = getattr(corpus, args.split)
+    count = (len(data) // args.batch_size - 1) * args.batch_size  # targets once batchified
     print(f"{args.checkpoint}: {saved['config']['model']} model, trained {saved['epoch']} "
           f"epochs | {args.split} split of {corpus.path} | batch {args.batch_size}")
 
@@ -251,27 +220,28 @@ def run(args):
         rms = gradient_rms(tuned, corpus.train, 80, 70, args.dyn_stat_batches)
         total, count = dynamic_nll(tuned, data, args.batch_size, args.dyn_segment,
                                    args.dyn_lr, args.dyn_decay, rms)
-        report(f"dynamic (lr {args.dyn_lr:g})", args.split, total, count)
+        report(f"dynamic (lr {args.dyn_lr:g})", args.split, total / count, count)
         return
 
     if args.tune_cache:
         grid = CachePointer(args.window, THETAS, LAMBDAS)
-        _, valid_count = score(model, corpus.valid, args.batch_size, args.bptt, grid,
-                               "tuning on valid")
+        evaluate(model, corpus.valid, args.batch_size, args.bptt, "tuning on valid", grid.add)
+        valid_count = (len(corpus.valid) // args.batch_size - 1) * args.batch_size
         a, b = divmod(int(torch.argmin(grid.total_nll)), len(LAMBDAS))
         args.theta, args.lambdasm = THETAS[a], LAMBDAS[b]
         edge = a in (0, len(THETAS) - 1) or b in (0, len(LAMBDAS) - 1)
         print(f"best on valid: theta {args.theta}, lambda {args.lambdasm} (valid ppl "
-              f"{perplexity(grid.total_nll[a, b].item(), valid_count):.2f})"
+              f"{ppl(grid.total_nll[a, b].item() / valid_count):.2f})"
               + ("; on the edge of the grid, so the optimum may lie beyond it" if edge else ""))
     cache = None
     if args.cache or args.tune_cache:
         cache = CachePointer(args.window, [args.theta], [args.lambdasm])
-    total, count = score(model, data, args.batch_size, args.bptt, cache)
-    report("plain", args.split, total, count)
+    mean_nll = evaluate(model, data, args.batch_size, args.bptt, "scoring",
+                        cache.add if cache else None)
+    report("plain", args.split, mean_nll, count)
     if cache is not None:
         report(f"cache (W {args.window}, theta {args.theta}, lambda {args.lambdasm})",
-               args.split, cache.total_nll.item(), count)
+               args.split, cache.total_nll.item() / count, count)
 
 
 def main(argv=None):

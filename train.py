@@ -245,22 +245,30 @@ def should_start_averaging(history, valid_loss, nonmono):
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size, bptt, progress=None):
+def evaluate(model, data, batch_size, bptt, progress=None, on_segment=None):
     """Mean negative log-likelihood per target token of `data` (1-D token ids), exact: every
-    target of the batchified split is scored once, summed in float64."""
+    target of the batchified split is scored once, summed in float64. `on_segment`, when
+    given, also receives each window's target log-probabilities (T, batch), last-layer
+    states (T, batch, features) and targets (T, batch): the cache pointer reads them."""
     model.eval()
     device = next(model.parameters()).device
     source = batchify(data, batch_size).to(device)
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    starts = range(0, source.size(0) - 1, bptt)
-    bar_off = progress is None or not sys.stderr.isatty()  # no bar frames in log files
-    for i in tqdm(starts, desc=progress, leave=False, disable=bar_off):
+    bar = tqdm(range(0, source.size(0) - 1, bptt), desc=progress, leave=False,
+               disable=progress is None or not sys.stderr.isatty())  # no bar in log files
+    for n, i in enumerate(bar):
         inputs, targets = get_batch(source, i, bptt)
         out = model(inputs, hidden)
         hidden = out.hidden
-        total += F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(),
-                                 reduction="sum").double()
+        logp = torch.log_softmax(out.logits.float(), dim=-1).gather(
+            2, targets.unsqueeze(2)).squeeze(2)
+        total -= logp.double().sum()
+        if on_segment is not None:
+            on_segment(logp, out.raw_output, targets)
+        if not bar.disable and n % 20 == 0:  # running perplexity: a sync, on terminals only
+            scored = (n * bptt + len(inputs)) * batch_size
+            bar.set_postfix(ppl=f"{ppl(total.item() / scored):.2f}")
     return total.item() / ((source.size(0) - 1) * batch_size)
 
 
