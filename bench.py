@@ -1,6 +1,6 @@
 """bench.py: time full training steps of the models and print the figures.
 
-A step is what train.py does per batch (train.train_step): forward, cross-entropy plus
+A step is what train.py does per batch (bptt.train_step): forward, cross-entropy plus
 AR/TAR, backward, gradient clipping, SGD step. After --warmup untimed steps, --steps
 steps are timed (with CUDA synchronisation at both ends) on WikiText-2 tokens, at a fixed
 BPTT length. Printed for each configuration: ms/step, tokens/s and peak memory:
@@ -16,15 +16,17 @@ BPTT length. Printed for each configuration: ms/step, tokens/s and peak memory:
 """
 
 import argparse
+import itertools
 import resource
 import statistics
 import time
 
 import torch
 
-from data import Corpus, batchify, get_batch
-from model import build_model, count_parameters
-from train import DEFAULT_DATA, PRESETS, pick_device, train_step
+from bptt import train_step, windows
+from config import COUNT, PRESETS, Parser, checked, describe_device, pick_device
+from data import DEFAULT_DATA, Corpus, batchify
+from model import build_model, count_parameters, model_config
 
 # Shapes (emsize, nhid, nlayers, batch_size, bptt) when no flag says otherwise.
 FULL = dict(awd=(400, 1150, 3, 80, 70), lstm=(650, 650, 2, 20, 35))
@@ -56,30 +58,26 @@ def time_steps(model_kind, shape, regularised, corpus, device, steps, warmup,
         s.update(dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0,
                  alpha=0.0, beta=0.0)
     torch.manual_seed(0)
-    config = dict(model=model_kind, ntoken=len(corpus.dictionary), tied=s["tied"],
-                  **{k: s[k] for k in ("emsize", "nhid", "nlayers", "dropout")})
-    if model_kind == "awd":
-        config.update({k: s[k] for k in ("dropouth", "dropouti", "dropoute", "wdrop")})
-    model = build_model(config).to(device).train()
+    model = build_model(model_config(dict(s, model=model_kind), len(corpus.dictionary)))
+    model = model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"], weight_decay=s["wdecay"])
     data = batchify(corpus.train[: (steps + warmup + 1) * bptt * batch_size + 1],
                     batch_size).to(device)
     hidden = model.init_hidden(batch_size)
+    batches = windows(data, bptt)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def step(i):
+    def run(n):
         nonlocal hidden
-        inputs, targets = get_batch(data, i * bptt, bptt)
-        _, hidden = step_fn(model, optimizer, inputs, targets, hidden, s["lr"], s)
+        for _, inputs, targets in itertools.islice(batches, n):
+            _, hidden = step_fn(model, optimizer, inputs, targets, hidden, s["lr"], s)
 
-    for i in range(warmup):
-        step(i)
+    run(warmup)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        step(i)
+    run(steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / steps
@@ -91,18 +89,19 @@ def time_steps(model_kind, shape, regularised, corpus, device, steps, warmup,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--full", action="store_true", help="full-size shapes on any device")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--repeats", type=int, default=3,
+    p.add_argument("--steps", type=COUNT, default=20, help="timed steps per configuration")
+    p.add_argument("--warmup", type=checked(int, lambda v: v >= 0, "not be negative"),
+                   default=3, help="untimed steps first")
+    p.add_argument("--repeats", type=COUNT, default=3,
                    help="times each configuration is timed (round-robin); medians printed")
     p.add_argument("--data", default=DEFAULT_DATA)
     for prefix in ("awd", "lstm"):
         for name in SHAPE:
-            p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=int, default=None,
+            p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=COUNT, default=None,
                            help=f"{prefix} {name} (default: by device)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
@@ -111,9 +110,7 @@ def main(argv=None):
                           for name, default in zip(SHAPE, defaults[kind]))
               for kind in ("awd", "lstm")}
     corpus = Corpus(args.data)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__} | {where} | median of {args.repeats} x {args.steps} "
+    print(f"torch {torch.__version__} | {device.type} ({describe_device(device)}) | median of {args.repeats} x {args.steps} "
           f"timed steps after {args.warmup} warm-up | vocabulary {len(corpus.dictionary):,}")
     memory = "peak GPU memory" if device.type == "cuda" else "process peak RSS"
     print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10} "

@@ -28,6 +28,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and says why."""
 
 
+def pack(kind, config, vocab_words, settings, **contents):
+    """A checkpoint of `kind` ("model" or "state"): the header every checkpoint carries (the
+    model's configuration, the vocabulary, the run's settings) plus `contents`."""
+    return dict(format=FORMAT, version=VERSION, kind=kind, config=config,
+                vocab=list(vocab_words), args=dict(settings), **contents)
+
+
 def state_path(model_path):
     """Where the training state of the run saving its best model at `model_path` goes."""
     stem, _ = os.path.splitext(model_path)

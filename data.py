@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "wikitext-2")
 EOS = "<eos>"
 UNK = "<unk>"
 SPLITS = ("train", "valid", "test")

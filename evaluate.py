@@ -18,23 +18,18 @@ batchified split (at batch size 1: every token after the first).
 """
 
 import argparse
+import itertools
 import sys
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import checkpoint
+from bptt import evaluate, ppl, progress_bar, scored_targets, windows
 from checkpoint import CheckpointError
-from data import Corpus, CorpusError, batchify, get_batch
-from model import build_model, detach_hidden
-from train import DEFAULT_DATA, SettingsError, evaluate, pick_device, ppl
-
-DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
-
-
-def progress_bar(iterable, desc):
-    return tqdm(iterable, desc=desc, leave=False, disable=not sys.stderr.isatty())
+from config import COUNT, FRACTION, NON_NEGATIVE, Parser, SettingsError, pick_device
+from data import DEFAULT_DATA, Corpus, CorpusError, batchify
+from model import build_model, detach_hidden, without_dropout
 
 
 # --- Plain and cache evaluation: one streaming pass over a split -------------------------
@@ -50,7 +45,7 @@ def cache_distribution(p_model, history_states, history_words, state, theta, lam
 
 
 class CachePointer:
-    """Scores a split segment by segment (as train.evaluate's on_segment) under the cache
+    """Scores a split segment by segment (as bptt.evaluate's on_segment) under the cache
     mixture, for a whole grid of (theta, lambda) at once. Each batch column is its own text
     with its own cache of the last `window` pairs (h_i, x_(i+1)). Only the target's probability is needed:
         p(x_(t+1)) = lambda * sum_i attn_i [x_(i+1) = x_(t+1)] + (1 - lambda) * p_model,
@@ -92,8 +87,7 @@ class CachePointer:
 def trainable_copy(model):
     """The same weights in a model with every dropout at zero, kept in training mode:
     cuDNN computes LSTM gradients only in training mode, and zero dropout keeps it exact."""
-    config = dict(model.config, **{k: 0.0 for k in DROPOUTS if k in model.config})
-    clone = build_model(config).to(next(model.parameters()).device)
+    clone = build_model(without_dropout(model.config)).to(next(model.parameters()).device)
     clone.load_state_dict(model.state_dict())
     return clone.train()
 
@@ -104,9 +98,8 @@ def gradient_rms(model, data, batch_size, bptt, batches):
     squares = [torch.zeros_like(p) for p in model.parameters()]
     hidden = model.init_hidden(batch_size)
     n = 0
-    starts = range(0, min(source.size(0) - 1, batches * bptt), bptt)
-    for i in progress_bar(starts, "gradient stats"):
-        inputs, targets = get_batch(source, i, bptt)
+    for _, inputs, targets in progress_bar(itertools.islice(windows(source, bptt), batches),
+                                           "gradient stats"):
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
         hidden = out.hidden
@@ -131,9 +124,8 @@ def dynamic_nll(model, data, batch_size, segment, lr, decay, rms, eps=1e-3):
     source = batchify(data, batch_size).to(originals[0].device)
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), dtype=torch.float64, device=originals[0].device)
-    bar = progress_bar(range(0, source.size(0) - 1, segment), "dynamic")
-    for n, i in enumerate(bar):
-        inputs, targets = get_batch(source, i, segment)
+    bar = progress_bar(windows(source, segment), "dynamic")
+    for n, (_, inputs, targets) in enumerate(bar):
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
         hidden = out.hidden
@@ -146,52 +138,42 @@ def dynamic_nll(model, data, batch_size, segment, lr, decay, rms, eps=1e-3):
         if not bar.disable and n % 50 == 0:
             scored = (n + 1) * segment * batch_size  # about; exact at the end
             bar.set_postfix(ppl=f"{ppl(total.item() / scored):.2f}")
-    return total.item(), (source.size(0) - 1) * batch_size
+    return total.item(), scored_targets(len(data), batch_size)
 
 
 # --- Command line ------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Perplexity of a checkpoint: plain, with a "
-                                "continuous cache pointer, or with dynamic evaluation.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description="Perplexity of a checkpoint: plain, with a continuous cache "
+               "pointer, or with dynamic evaluation.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a model checkpoint written by train.py")
     p.add_argument("--data", default=None,
                    help="corpus directory (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=("valid", "test"), default="test")
-    p.add_argument("--batch_size", type=int, default=1, help="the paper evaluates test at 1")
-    p.add_argument("--bptt", type=int, default=70, help="tokens per forward pass")
+    p.add_argument("--batch_size", type=COUNT, default=1, help="the paper evaluates test at 1")
+    p.add_argument("--bptt", type=COUNT, default=70, help="tokens per forward pass")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g = p.add_argument_group("continuous cache pointer")
     g.add_argument("--cache", action="store_true", help="mix in the cache pointer")
-    g.add_argument("--window", type=int, default=3785, help="cache size W")
-    g.add_argument("--theta", type=float, default=0.662, help="attention sharpness")
-    g.add_argument("--lambdasm", type=float, default=0.1279, help="cache weight lambda")
+    g.add_argument("--window", type=COUNT, default=3785, help="cache size W")
+    g.add_argument("--theta", type=NON_NEGATIVE, default=0.662, help="attention sharpness")
+    g.add_argument("--lambdasm", type=FRACTION, default=0.1279, help="cache weight lambda")
     g.add_argument("--tune-cache", dest="tune_cache", action="store_true",
                    help="grid-search theta and lambda on valid, then report --split with them")
     g = p.add_argument_group("dynamic evaluation")
     g.add_argument("--dynamic", action="store_true", help="dynamic evaluation")
-    g.add_argument("--dyn-lr", dest="dyn_lr", type=float, default=2e-5, help="step size")
-    g.add_argument("--dyn-decay", dest="dyn_decay", type=float, default=0.02,
+    g.add_argument("--dyn-lr", dest="dyn_lr", type=NON_NEGATIVE, default=2e-5, help="step size")
+    g.add_argument("--dyn-decay", dest="dyn_decay", type=NON_NEGATIVE, default=0.02,
                    help="pull toward the trained weights")
-    g.add_argument("--dyn-segment", dest="dyn_segment", type=int, default=5,
+    g.add_argument("--dyn-segment", dest="dyn_segment", type=COUNT, default=5,
                    help="tokens scored between two updates")
-    g.add_argument("--dyn-stat-batches", dest="dyn_stat_batches", type=int, default=100,
+    g.add_argument("--dyn-stat-batches", dest="dyn_stat_batches", type=COUNT, default=100,
                    help="training windows (batch 80, BPTT 70) for the gradient RMS")
-    return p.parse_args(argv)
-
-
-def check_args(args):
-    for name in ("batch_size", "bptt", "window", "dyn_segment", "dyn_stat_batches"):
-        if getattr(args, name) < 1:
-            raise SettingsError(f"--{name.replace('_', '-')} must be at least 1 "
-                                f"(got {getattr(args, name)})")
-    if not 0 <= args.lambdasm <= 1:
-        raise SettingsError(f"--lambdasm must be in [0, 1] (got {args.lambdasm})")
-    if args.dyn_lr < 0 or args.dyn_decay < 0:
-        raise SettingsError("--dyn-lr and --dyn-decay must not be negative")
+    args = p.parse_args(argv)
     if args.dynamic and (args.cache or args.tune_cache):
-        raise SettingsError("--dynamic does not combine with the cache here; run them apart")
+        p.error("--dynamic does not combine with the cache here; run them apart")
+    return args
 
 
 # The --tune-cache grid, around the paper's WikiText-2 values (theta 0.662, lambda 0.1279);
@@ -205,13 +187,12 @@ def report(name, split, mean_nll, count):
 
 
 def run(args):
-    check_args(args)
     device = pick_device(args.device)
     model, _, saved = checkpoint.load_model(args.checkpoint, device)
     corpus = Corpus(args.data or saved["args"].get("data") or DEFAULT_DATA)
     checkpoint.check_vocabulary(args.checkpoint, saved["vocab"], corpus)
     data = getattr(corpus, args.split)
-    count = (len(data) // args.batch_size - 1) * args.batch_size  # targets once batchified
+    count = scored_targets(len(data), args.batch_size)
     print(f"{args.checkpoint}: {saved['config']['model']} model, trained {saved['epoch']} "
           f"epochs | {args.split} split of {corpus.path} | batch {args.batch_size}")
 
@@ -226,7 +207,7 @@ def run(args):
     if args.tune_cache:
         grid = CachePointer(args.window, THETAS, LAMBDAS)
         evaluate(model, corpus.valid, args.batch_size, args.bptt, "tuning on valid", grid.add)
-        valid_count = (len(corpus.valid) // args.batch_size - 1) * args.batch_size
+        valid_count = scored_targets(len(corpus.valid), args.batch_size)
         a, b = divmod(int(torch.argmin(grid.total_nll)), len(LAMBDAS))
         args.theta, args.lambdasm = THETAS[a], LAMBDAS[b]
         edge = a in (0, len(THETAS) - 1) or b in (0, len(LAMBDAS) - 1)

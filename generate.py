@@ -18,8 +18,8 @@ import torch
 
 import checkpoint
 from checkpoint import CheckpointError
+from config import COUNT, SEED, Parser, SettingsError, checked, pick_device
 from data import EOS, UNK, detokenize, tokenize
-from train import SettingsError, pick_device
 
 
 def filter_logits(logits, top_k=0, top_p=1.0):
@@ -67,35 +67,27 @@ def generate(model, vocab, prompt_tokens, words, temperature=1.0, top_k=0, top_p
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Sample text from a trained checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description="Sample text from a trained checkpoint.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a model checkpoint written by train.py")
     p.add_argument("--prompt", default="", help="text the sample continues")
-    p.add_argument("--words", type=int, default=100, help="tokens to sample")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 picks the most likely word")
-    p.add_argument("--top-k", dest="top_k", type=int, default=0,
+    p.add_argument("--words", type=COUNT, default=100, help="tokens to sample")
+    p.add_argument("--temperature", default=1.0,
+                   type=checked(float, lambda v: v >= 0, "not be negative; 0 means greedy"),
+                   help="0 picks the most likely word")
+    p.add_argument("--top-k", dest="top_k", default=0,
+                   type=checked(int, lambda v: v >= 0, "not be negative; 0 turns it off"),
                    help="sample among the k most likely words (0: all)")
-    p.add_argument("--top-p", dest="top_p", type=float, default=1.0,
+    p.add_argument("--top-p", dest="top_p", default=1.0,
+                   type=checked(float, lambda v: 0 < v <= 1, "be in (0, 1]"),
                    help="sample among the most likely words whose probability reaches p")
-    p.add_argument("--seed", type=int, default=1111, help="same seed, same text")
+    p.add_argument("--seed", type=SEED, default=1111, help="same seed, same text")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--outf", help="write the text to this file instead of the terminal")
     p.add_argument("--raw", action="store_true", help="print WikiText tokens unchanged")
     p.add_argument("--allow-unk", dest="allow_unk", action="store_true",
                    help=f"let the model sample {UNK}")
     return p.parse_args(argv)
-
-
-def check_args(args):
-    if args.words < 1:
-        raise SettingsError(f"--words must be at least 1 (got {args.words})")
-    if args.temperature < 0:
-        raise SettingsError(f"--temperature must not be negative (got {args.temperature}); "
-                            "0 means greedy")
-    if not 0 < args.top_p <= 1:
-        raise SettingsError(f"--top-p must be in (0, 1] (got {args.top_p})")
-    if args.top_k < 0:
-        raise SettingsError(f"--top-k must not be negative (got {args.top_k}); 0 turns it off")
 
 
 def render(tokens, raw):
@@ -108,7 +100,6 @@ def render(tokens, raw):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        check_args(args)
         device = pick_device(args.device)
         model, vocab, _ = checkpoint.load_model(args.checkpoint, device)
     except (CheckpointError, SettingsError) as e:

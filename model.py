@@ -6,7 +6,8 @@
   embedding dropout, locked (variational) dropout, weight-dropped LSTMs, tied decoder.
 
 Both share one interface, so train.py, generate.py and evaluate.py treat them alike:
-    model = build_model(config)                  # config: a plain dict, kept in checkpoints
+    config = model_config(settings, ntoken)      # a plain dict, kept in checkpoints
+    model = build_model(config)
     hidden = model.init_hidden(batch_size)
     out = model(tokens, hidden)                  # tokens: (seq, batch) int64
     out.logits                                   # (seq, batch, ntoken)
@@ -14,6 +15,7 @@ Both share one interface, so train.py, generate.py and evaluate.py treat them al
     out.raw_output, out.dropped_output           # last layer, before/after dropout (AR/TAR)
 """
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -170,6 +172,26 @@ class LSTMModel(nn.Module):
 
 
 MODELS = {"awd": AWDLSTM, "lstm": LSTMModel}
+DROPOUTS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
+
+
+def architecture(kind):
+    """The names of model `kind`'s settings, from its constructor: ("emsize", "nhid", ...)."""
+    return tuple(name for name in inspect.signature(MODELS[kind]).parameters
+                 if name != "ntoken")
+
+
+def model_config(settings, ntoken):
+    """The configuration of the model that `settings` (training settings: "model" and any
+    architecture entries, other keys ignored) describe, for a vocabulary of `ntoken`."""
+    kind = settings["model"]
+    return dict(model=kind, ntoken=ntoken,
+                **{name: settings[name] for name in architecture(kind) if name in settings})
+
+
+def without_dropout(config):
+    """The same configuration with every dropout at zero."""
+    return dict(config, **{name: 0.0 for name in DROPOUTS if name in config})
 
 
 def build_model(config):

@@ -5,8 +5,9 @@ import re
 import torch
 
 import bench
+from bptt import train_step
+from config import PRESETS
 from model import build_model
-from train import PRESETS, train_step
 
 
 def test_the_example_style_step_computes_the_same_update_as_train_step():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import bptt
 import checkpoint
 import evaluate
 import train
@@ -61,14 +62,14 @@ def test_streaming_cache_matches_the_full_distribution_computed_by_hand(trained)
                                             theta, lam)
         by_hand -= math.log(mixed[targets[t]].item())
     cache = evaluate.CachePointer(window, [theta], [lam])
-    train.evaluate(trained["model"], data, batch_size=1, bptt=7, on_segment=cache.add)
+    bptt.evaluate(trained["model"], data, batch_size=1, bptt=7, on_segment=cache.add)
     assert math.isclose(cache.total_nll.item(), by_hand, rel_tol=1e-5)
 
 
 def test_lambda_zero_gives_the_plain_result(trained):
     test = trained["corpus"].test
     cache = evaluate.CachePointer(100, [0.662, 0.3], [0.0])
-    mean = train.evaluate(trained["model"], test, batch_size=2, bptt=9, on_segment=cache.add)
+    mean = bptt.evaluate(trained["model"], test, batch_size=2, bptt=9, on_segment=cache.add)
     count = (len(test) // 2 - 1) * 2
     for row in cache.total_nll:
         assert math.isclose(row.item() / count, mean, rel_tol=1e-12)
@@ -77,7 +78,7 @@ def test_lambda_zero_gives_the_plain_result(trained):
 def test_the_cache_lowers_perplexity_on_repeating_text(trained):
     cache = evaluate.CachePointer(100, [0.5], [0.3])
     test = trained["corpus"].test
-    mean = train.evaluate(trained["model"], test, 1, 70, on_segment=cache.add)
+    mean = bptt.evaluate(trained["model"], test, 1, 70, on_segment=cache.add)
     assert cache.total_nll.item() / (len(test) - 1) < 0.9 * mean
 
 
@@ -85,12 +86,12 @@ def test_plain_perplexity_scores_every_target_once(trained):
     model, test = trained["model"], trained["corpus"].test
     probs, _, targets = segment_outputs(model, test)  # one forward over the whole text
     by_hand = -probs[torch.arange(len(targets)), targets].log().mean().item()
-    assert math.isclose(train.evaluate(model, test, 1, 70), by_hand, rel_tol=1e-5)
+    assert math.isclose(bptt.evaluate(model, test, 1, 70), by_hand, rel_tol=1e-5)
 
 
 def test_dynamic_evaluation_with_zero_learning_rate_is_plain(trained):
     model, corpus = trained["model"], trained["corpus"]
-    plain = train.evaluate(model, corpus.test, 1, 70)
+    plain = bptt.evaluate(model, corpus.test, 1, 70)
     count = len(corpus.test) - 1
     tuned = evaluate.trainable_copy(model)
     rms = evaluate.gradient_rms(tuned, corpus.train, 4, 10, batches=5)
@@ -104,7 +105,7 @@ def test_dynamic_evaluation_with_zero_learning_rate_is_plain(trained):
 
 def test_dynamic_evaluation_adapts_to_repeating_text(trained):
     model, corpus = trained["model"], trained["corpus"]
-    plain = train.evaluate(model, corpus.test, 1, 70)
+    plain = bptt.evaluate(model, corpus.test, 1, 70)
     tuned = evaluate.trainable_copy(model)
     rms = evaluate.gradient_rms(tuned, corpus.train, 4, 10, batches=5)
     total, count = evaluate.dynamic_nll(tuned, corpus.test, 1, 5, lr=1e-3, decay=0.0, rms=rms)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+import bptt
 import checkpoint
 import train
-from data import Corpus
+from trainer import should_start_averaging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_AWD = ["--model", "awd", "--emsize", "16", "--nhid", "24", "--batch_size", "4",
@@ -69,18 +70,6 @@ def test_a_small_model_learns_a_repeating_corpus(repeating, tmp_path):
     assert float(rows[-1]["valid_ppl"]) < float(rows[0]["valid_ppl"])
 
 
-@pytest.mark.parametrize("history, valid_loss, fires", [
-    ([5.0, 4.0, 3.0], 3.5, False),  # not more than nonmono = 3 epochs before this one
-    ([5.0, 4.0, 3.0, 2.9], 3.5, False),  # 3.5 is better than min([5.0])
-    ([5.0, 4.0, 3.0, 2.9], 5.1, True),  # worse than every epoch before the last three
-    ([5.0, 4.0, 3.0, 2.9, 2.8], 4.5, True),  # worse than min([5.0, 4.0]) = 4.0
-    ([5.0, 4.0, 3.0, 2.9, 2.8], 3.9, False),  # better than 4.0: the last 3 do not count
-    ([5.0, 4.0, 3.0, 2.9, 2.8], 4.0, False),  # equal is not worse
-])
-def test_nt_asgd_trigger(history, valid_loss, fires):
-    assert train.should_start_averaging(history, valid_loss, nonmono=3) is fires
-
-
 def test_nt_asgd_switches_on_a_corpus_that_overfits(random_text, tmp_path, capsys):
     save = tmp_path / "awd.pt"
     run(TINY_AWD + ["--data", random_text, "--emsize", "48", "--nhid", "96", "--lr", "30",
@@ -92,29 +81,12 @@ def test_nt_asgd_switches_on_a_corpus_that_overfits(random_text, tmp_path, capsy
     k = switches[0]
     losses = [float(r["valid_loss"]) for r in rows]
     # The switch fired exactly at the first epoch where the rule holds.
-    assert all(not train.should_start_averaging(losses[:e - 1], losses[e - 1], 2)
+    assert all(not should_start_averaging(losses[:e - 1], losses[e - 1], 2)
                for e in range(1, k))
-    assert train.should_start_averaging(losses[:k - 1], losses[k - 1], 2)
+    assert should_start_averaging(losses[:k - 1], losses[k - 1], 2)
     assert {r["mode"] for r in rows[k:]} == {"ASGD"} and rows[k - 1]["mode"] == "SGD"
     assert f"switching to ASGD at epoch {k}" in capsys.readouterr().out
     assert checkpoint.load(str(tmp_path / "awd.state.pt"))["averaged"] is not None
-
-
-def test_averaged_weights_are_the_mean_of_the_iterates(random_text):
-    settings = {**train.PRESETS["awd"], **train.COMMON, "emsize": 8, "nhid": 12,
-                "batch_size": 4, "bptt": 10, "model": "awd", "finetune": "x", "save": "-"}
-    trainer = train.Trainer(settings, Corpus(random_text), torch.device("cpu"))
-    iterates = []
-    trainer.optimizer.register_step_post_hook(
-        lambda opt, args, kwargs: iterates.append(
-            [p.detach().clone() for p in trainer.model.parameters()]))
-    with train.StopRequest() as stop:
-        trainer.train_epoch(stop, max_batches=7, log_interval=50)
-    assert len(iterates) == 7
-    for i, averaged in enumerate(trainer.averaged.module.parameters()):
-        mean = torch.stack([step[i] for step in iterates]).mean(0)
-        assert torch.allclose(averaged, mean, atol=1e-6)
-    assert not torch.allclose(next(trainer.averaged.module.parameters()), iterates[-1][0])
 
 
 def final_state(path):
@@ -203,7 +175,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
         # from the fourth step on the gradients are NaN, as after a blow-up
         return out.dropped_output.sum() * (float("nan") if len(calls) > 3 else 0.0)
 
-    monkeypatch.setattr(train, "activation_regularization", poisoned)
+    monkeypatch.setattr(bptt, "activation_regularization", poisoned)
     with pytest.raises(SystemExit) as exit_:
         run(["--resume", tmp_path / "awd.state.pt", "--epochs", "3", "--max-batches", "5"])
     assert "loss became nan" in str(exit_.value.code) and str(save) in str(exit_.value.code)

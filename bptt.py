@@ -1,0 +1,106 @@
+"""bptt.py: running a language model over batched text with truncated BPTT: the windows of
+a batchified split, one training step, the exact evaluation loop, and perplexity.
+
+train.py, evaluate.py and bench.py all walk a split the same way: `windows` yields
+consecutive (inputs, targets) windows of a (steps, batch) tensor made by data.batchify,
+and the hidden state of one window is fed to the next.
+"""
+
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import batchify, get_batch
+from model import detach_hidden
+
+
+def ppl(loss):
+    """Perplexity of a mean negative log-likelihood (inf rather than an overflow)."""
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+def scored_targets(n_tokens, batch_size):
+    """How many targets a split of `n_tokens` has once batchified: each of the batch_size
+    columns of n_tokens // batch_size tokens predicts all but its first token."""
+    return (n_tokens // batch_size - 1) * batch_size
+
+
+def windows(source, seq_len, start=0, min_len=1):
+    """Yield (row, inputs, targets) for consecutive windows of `source` (steps, batch) from
+    row `start`, each (length, batch) with targets one row ahead of inputs. `seq_len` is an
+    int or a callable drawing each window's length just before that window is cut (the
+    variable BPTT of AWD-LSTM). Stops when fewer than `min_len` targets remain."""
+    row = start
+    while source.size(0) - 1 - row >= min_len:
+        length = seq_len() if callable(seq_len) else seq_len
+        inputs, targets = get_batch(source, row, length)
+        yield row, inputs, targets
+        row += inputs.size(0)
+
+
+def sample_seq_len(rng, bptt):
+    """AWD-LSTM's variable BPTT: around bptt (p = 0.95) or bptt / 2, sd 5, at least 5."""
+    base = bptt if rng.random() < 0.95 else bptt / 2
+    return max(5, int(rng.normal(base, 5)))
+
+
+def activation_regularization(out, alpha, beta):
+    """AR: alpha * mean(h^2) of the dropped last layer; TAR: beta * mean((h_t+1 - h_t)^2)
+    of the undropped one."""
+    penalty = 0.0
+    if alpha:
+        penalty = penalty + alpha * out.dropped_output.pow(2).mean()
+    if beta and out.raw_output.size(0) > 1:
+        penalty = penalty + beta * (out.raw_output[1:] - out.raw_output[:-1]).pow(2).mean()
+    return penalty
+
+
+def train_step(model, optimizer, inputs, targets, hidden, lr, s):
+    """One truncated-BPTT step: forward from `hidden` (detached here), cross-entropy plus
+    AR/TAR (s["alpha"], s["beta"]), backward, clipping at s["clip"], an optimizer step at
+    `lr`. Returns the cross-entropy (a tensor, so the caller decides when to synchronise)
+    and the new hidden state."""
+    out = model(inputs, detach_hidden(hidden))
+    loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    (loss + activation_regularization(out, s["alpha"], s["beta"])).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), s["clip"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return loss.detach(), out.hidden
+
+
+def progress_bar(iterable=None, desc=None, **kwargs):
+    """A tqdm bar on a terminal only: redirected output (log files) gets none."""
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
+                disable=desc is None or not sys.stderr.isatty(), **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model, data, batch_size, bptt, progress=None, on_segment=None):
+    """Mean negative log-likelihood per target token of `data` (1-D token ids), exact: every
+    target of the batchified split is scored once, summed in float64. `on_segment`, when
+    given, also receives each window's target log-probabilities (T, batch), last-layer
+    states (T, batch, features) and targets (T, batch): the cache pointer reads them."""
+    model.eval()
+    device = next(model.parameters()).device
+    source = batchify(data, batch_size).to(device)
+    hidden = model.init_hidden(batch_size)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    bar = progress_bar(windows(source, bptt), progress,
+                       total=math.ceil((source.size(0) - 1) / bptt))
+    for n, (row, inputs, targets) in enumerate(bar):
+        out = model(inputs, hidden)
+        hidden = out.hidden
+        logp = torch.log_softmax(out.logits.float(), dim=-1).gather(
+            2, targets.unsqueeze(2)).squeeze(2)
+        total -= logp.double().sum()
+        if on_segment is not None:
+            on_segment(logp, out.raw_output, targets)
+        if not bar.disable and n % 20 == 0:  # running perplexity: a sync, on terminals only
+            bar.set_postfix(ppl=f"{ppl(total.item() / ((row + len(inputs)) * batch_size)):.2f}")
+    return total.item() / scored_targets(len(data), batch_size)

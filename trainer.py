@@ -1,0 +1,230 @@
+"""trainer.py: one training run's state and how it moves: the model, the optimizer, the
+NT-ASGD average, where an epoch stands; training one epoch, ending it (validation, best
+checkpoint, schedule), and saving and restoring all of it exactly.
+
+train.py builds a Trainer from the run's settings and drives it epoch by epoch.
+"""
+
+import itertools
+import math
+import signal
+import time
+from functools import partial
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+import checkpoint
+from bptt import evaluate, ppl, progress_bar, sample_seq_len, train_step, windows
+from data import batchify
+from model import build_model, detach_hidden, map_hidden, model_config
+
+# Like the reference code, an epoch leaves out a last window of a single target.
+MIN_WINDOW = 2
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss)."""
+
+
+def should_start_averaging(history, valid_loss, nonmono):
+    """NT-ASGD's trigger (the paper's Algorithm 1): with `history` the validation losses of
+    the epochs before this one, fire when there are more than `nonmono` of them and this
+    epoch's loss is worse than the best one from before the last `nonmono` epochs."""
+    return len(history) > nonmono and valid_loss > min(history[:-nonmono])
+
+
+class StopRequest:
+    """Turns the first Ctrl-C or SIGTERM into a request to stop after the current batch;
+    a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after the current batch; the training state will be saved "
+                   "(Ctrl-C again aborts at once)")
+
+
+class Trainer:
+    """One training run: model, optimizer, NT-ASGD average and the bookkeeping that a
+    training state saves and restores. `settings` is the run's full settings dict."""
+
+    def __init__(self, settings, corpus, device, weights=None):
+        self.s = s = settings
+        self.corpus = corpus
+        self.device = device
+        torch.manual_seed(s["seed"])
+        self.model = build_model(model_config(s, len(corpus.dictionary))).to(device)
+        if weights is not None:  # fine-tuning starts from a trained model's weights
+            self.model.load_state_dict(weights)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=s["lr"],
+                                         weight_decay=s["wdecay"])
+        self.rng = np.random.default_rng(s["seed"])  # variable BPTT lengths
+        self.train_data = batchify(corpus.train, s["batch_size"]).to(device)
+        self.averaged = None  # AveragedModel from the NT-ASGD switch (or fine-tuning) on
+        self.lr = s["lr"]
+        self.epoch = 0  # epochs completed
+        self.position = None  # where an interrupted epoch stopped
+        self.valid_history = []  # validation losses of completed epochs
+        self.best_valid_loss = math.inf
+        self.metrics = []  # one row per completed epoch (runlog.FIELDS)
+        self.done = False  # fine-tuning ended at its trigger
+        if s["finetune"]:
+            self.averaged = AveragedModel(self.model)
+
+    @property
+    def eval_model(self):
+        return self.averaged.module if self.averaged is not None else self.model
+
+    @property
+    def model_path(self):
+        return self.s["save"]
+
+    # Checkpoints ---------------------------------------------------------------------------
+
+    def pack(self, kind, **contents):
+        return checkpoint.pack(kind, self.model.config, self.corpus.dictionary.idx2word, self.s,
+                               **contents)
+
+    def model_checkpoint(self, valid_loss):
+        return self.pack("model", model=self.eval_model.state_dict(), epoch=self.epoch + 1,
+                         valid_loss=valid_loss, valid_ppl=ppl(valid_loss))
+
+    def state(self):
+        rng = dict(torch=torch.get_rng_state(), numpy=self.rng.bit_generator.state,
+                   cuda=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [])
+        return self.pack(
+            "state", model=self.model.state_dict(),
+            averaged=self.averaged.state_dict() if self.averaged is not None else None,
+            optimizer=self.optimizer.state_dict(), lr=self.lr, epoch=self.epoch,
+            position=self.position, valid_history=self.valid_history,
+            best_valid_loss=self.best_valid_loss, metrics=self.metrics, done=self.done, rng=rng)
+
+    def load_state(self, state):
+        self.model.load_state_dict(state["model"])
+        if state["averaged"] is not None:
+            self.averaged = AveragedModel(self.model)
+            self.averaged.load_state_dict(state["averaged"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr, self.epoch, self.valid_history = (
+            state["lr"], state["epoch"], state["valid_history"])
+        self.best_valid_loss, self.metrics, self.done = (
+            state["best_valid_loss"], state["metrics"], state["done"])
+        self.position = state["position"]
+        if self.position is not None:
+            self.position["hidden"] = map_hidden(lambda t: t.to(self.device),
+                                                 self.position["hidden"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+
+    def save_state(self):
+        checkpoint.save(checkpoint.state_path(self.model_path), self.state())
+
+    # Training ------------------------------------------------------------------------------
+
+    def train_epoch(self, stop, max_batches, log_interval):
+        """One pass over the training split (or what is left of an interrupted one).
+        Returns the mean training loss, or None when stopped by a signal."""
+        s, model, data = self.s, self.model, self.train_data
+        model.train()
+        if self.position is None:
+            self.position = dict(index=0, batches=0, loss_sum=0.0, tokens=0, seconds=0.0,
+                                 hidden=model.init_hidden(s["batch_size"]))
+        pos = self.position
+        hidden, row, batches = pos["hidden"], pos["index"], pos["batches"]
+        loss_sum = torch.tensor(pos["loss_sum"], dtype=torch.float64, device=self.device)
+        tokens, started = pos["tokens"], time.time() - pos["seconds"]
+        seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
+        mean_len = s["bptt"] * (0.975 if s["variable_bptt"] else 1)  # 0.95 * bptt + 0.05 * bptt/2
+        expected = math.ceil((data.size(0) - 2) / mean_len)
+        total = min(expected, max_batches) if max_batches else expected
+        bar = progress_bar(total=total, initial=batches, desc=f"epoch {self.epoch + 1}",
+                           unit="batch")
+        left = None if max_batches is None else max(max_batches - batches, 0)
+        at_end = False
+        for row, inputs, targets in itertools.islice(
+                windows(data, seq_len, start=row, min_len=MIN_WINDOW), left):
+            lr = self.lr * inputs.size(0) / s["bptt"]  # a short window takes a smaller step
+            loss, hidden = train_step(model, self.optimizer, inputs, targets, hidden, lr, s)
+            if self.averaged is not None:
+                self.averaged.update_parameters(model)
+            loss_sum += loss.double() * targets.numel()
+            tokens += targets.numel()
+            row += inputs.size(0)
+            batches += 1
+            bar.update(1)
+            at_end = data.size(0) - 1 - row < MIN_WINDOW or batches == max_batches
+            if batches % log_interval == 0 or at_end or stop.requested:
+                mean_loss = loss_sum.item() / tokens  # the one host sync, every log_interval
+                if not math.isfinite(mean_loss):
+                    bar.close()
+                    raise TrainingError(
+                        f"the training loss became {mean_loss} in epoch {self.epoch + 1} "
+                        f"(batch {batches}); nothing was saved from this epoch and "
+                        f"{self.model_path} still holds the last good model. Try a lower "
+                        "--lr or --clip")
+                bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}",
+                                lr=f"{self.lr:g}",
+                                tok_s=f"{tokens / max(time.time() - started, 1e-9):,.0f}")
+            if stop.requested:
+                break
+        bar.close()
+        self.position = dict(index=row, batches=batches, loss_sum=loss_sum.item(),
+                             tokens=tokens, seconds=time.time() - started,
+                             hidden=detach_hidden(hidden))
+        if stop.requested and not at_end:
+            return None
+        return self.position["loss_sum"] / self.position["tokens"]
+
+    def end_epoch(self, train_loss):
+        """Validate, save the best model, apply the schedule; returns the epoch's metrics row."""
+        s = self.s
+        seconds, epoch_lr = self.position["seconds"], self.lr
+        valid_loss = evaluate(self.eval_model, self.corpus.valid, s["eval_batch_size"],
+                              s["bptt"], progress="validating")
+        if not math.isfinite(valid_loss):
+            raise TrainingError(
+                f"the validation loss became {valid_loss} after epoch {self.epoch + 1}; "
+                f"nothing was saved from this epoch and {self.model_path} still holds "
+                "the last good model. Try a lower --lr or --clip")
+        mode, event = ("ASGD" if self.averaged is not None else "SGD"), ""
+        if valid_loss < self.best_valid_loss:
+            self.best_valid_loss = valid_loss
+            checkpoint.save(self.model_path, self.model_checkpoint(valid_loss))
+            event = "saved"
+        trigger = should_start_averaging(self.valid_history, valid_loss, s["nonmono"])
+        if s["finetune"] and trigger:
+            self.done = True
+            event = "fine-tuning done"
+        elif s["schedule"] == "ntasgd" and self.averaged is None and trigger:
+            self.averaged = AveragedModel(self.model)  # averages the iterates from here on
+            event = "switch to ASGD"
+        elif s["schedule"] == "anneal" and event != "saved":
+            self.lr /= 4
+            event = "lr / 4"
+        self.valid_history.append(valid_loss)
+        row = dict(epoch=self.epoch + 1, seconds=round(seconds, 2),
+                   tokens_per_s=round(self.position["tokens"] / max(seconds, 1e-9)),
+                   train_loss=round(train_loss, 5), train_ppl=round(ppl(train_loss), 3),
+                   valid_loss=round(valid_loss, 5), valid_ppl=round(ppl(valid_loss), 3),
+                   lr=epoch_lr, mode=mode, event=event)
+        self.metrics.append(row)
+        self.epoch += 1
+        self.position = None
+        return row
