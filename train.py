@@ -14,6 +14,8 @@ The file reads top to bottom: flags, the run's settings, set-up, the epoch loop,
 """
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 
@@ -94,6 +96,8 @@ def parse_args(argv=None):
                    help="cap the training batches per epoch (smoke runs)")
     p.add_argument("--log-interval", dest="log_interval", type=COUNT, default=50,
                    help="batches between progress-bar updates (default 50)")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also log to TensorBoard event files in DIR (needs tensorboard)")
     args = p.parse_args(argv)
     if args.resume and args.finetune:
         p.error("--resume and --finetune exclude each other")
@@ -150,17 +154,13 @@ def resolve_settings(args):
 
 # --- The run --------------------------------------------------------------------------------
 
-def train(args):
-    # Set-up: settings, device, corpus, the model and its optimizer.
+def train(args, stack):
+    """The whole run; what it opens (the run's record) is entered on `stack`."""
+    # Set-up: settings, device, the run's record, corpus, the model and its optimizer.
     settings, loaded = resolve_settings(args)
     if args.model and args.model != settings["model"]:
         raise SettingsError(f"--model {args.model} does not match the checkpoint's model "
                             f"{settings['model']}")
-    device = pick_device(args.device)
-    corpus = Corpus(settings["data"])
-    if loaded is not None:
-        checkpoint.check_vocabulary(args.resume or args.finetune, loaded["vocab"], corpus)
-
     model_path, state_file = settings["save"], checkpoint.state_path(settings["save"])
     if not args.resume and not args.overwrite:
         for path in (model_path, state_file):
@@ -168,6 +168,11 @@ def train(args):
                 raise SettingsError(
                     f"{path} exists and a new run would replace it; continue that run "
                     f"with --resume {state_file}, choose another --save, or pass --overwrite")
+    device = pick_device(args.device)
+    log = stack.enter_context(RunLog(settings, args.tensorboard))
+    corpus = Corpus(settings["data"])
+    if loaded is not None:
+        checkpoint.check_vocabulary(args.resume or args.finetune, loaded["vocab"], corpus)
 
     trainer = Trainer(settings, corpus, device,
                       weights=loaded["model"] if args.finetune else None)
@@ -191,45 +196,61 @@ def train(args):
         print(f"fine-tuning {args.finetune} in averaging mode; writing {model_path}")
 
     # The epoch loop: train, validate and apply the schedule, save the state.
-    log = RunLog(model_path)
     with StopRequest() as stop:
         while trainer.epoch < settings["epochs"] and not trainer.done and not stop.requested:
-            train_loss = trainer.train_epoch(stop, args.max_batches, args.log_interval)
+            train_loss = trainer.train_epoch(stop, args.max_batches, args.log_interval,
+                                             on_progress=log.progress)
             if train_loss is not None:
                 log.epoch_ended(trainer.end_epoch(train_loss))
             trainer.save_state()
             log.state_saved(trainer.metrics)
 
-        # The end: say why the run stopped, then test the best model.
-        if stop.requested:
-            print(f"stopped; training state saved to {state_file} "
-                  f"(continue with: python train.py --resume {state_file})")
-        elif trainer.epoch >= settings["epochs"] or trainer.done:
-            print(f"finished after {trainer.epoch} epochs")
-        report_test_perplexity(trainer, device)
+    # The end: say why the run stopped, test the best model of this run, write the summary.
+    if stop.requested:
+        print(f"stopped; training state saved to {state_file} "
+              f"(continue with: python train.py --resume {state_file})")
+    else:
+        print(f"finished after {trainer.epoch} epochs")
+    log.finished(summarize(trainer, test_best_model(trainer, device), stopped=stop.requested))
 
 
-def report_test_perplexity(trainer, device):
-    """Test perplexity of the best checkpoint, at the test batch size (1 in the paper)."""
-    path = trainer.model_path
-    if not os.path.exists(path):
+def test_best_model(trainer, device):
+    """Test loss of the best checkpoint of this run (None before its first epoch ends), at
+    the test batch size (1 in the paper)."""
+    if math.isinf(trainer.best_valid_loss):  # --overwrite: the file may be an older run's
         print("no epoch has finished yet, so there is no best model to test")
-        return
-    model, _, saved = checkpoint.load_model(path, device)
+        return None
+    model, _, saved = checkpoint.load_model(trainer.model_path, device)
     s = trainer.s
     test_loss = evaluate(model, trainer.corpus.test, s["test_batch_size"], s["bptt"],
                          progress="testing")
-    print(f"best model ({path}, epoch {saved['epoch']}): valid ppl {saved['valid_ppl']:.2f} "
-          f"| test ppl {ppl(test_loss):.2f} (batch size {s['test_batch_size']})")
+    print(f"best model ({trainer.model_path}, epoch {saved['epoch']}): valid ppl "
+          f"{saved['valid_ppl']:.2f} | test ppl {ppl(test_loss):.2f} "
+          f"(batch size {s['test_batch_size']})")
+    return test_loss
+
+
+def summarize(trainer, test_loss, stopped):
+    """The run's final numbers, for <save stem>.json."""
+    rows = trainer.metrics
+    best = min(rows, key=lambda r: r["valid_loss"]) if rows else None
+    return dict(
+        model=trainer.model_path, epochs=trainer.epoch, stopped=stopped,
+        minutes=round(rows[-1].get("elapsed_s", 0) / 60, 2) if rows else 0.0,
+        best_epoch=best and best["epoch"], best_valid_ppl=best and best["valid_ppl"],
+        test_ppl=None if test_loss is None else round(ppl(test_loss), 3),
+        test_loss=None if test_loss is None else round(test_loss, 6),
+        test_batch_size=trainer.s["test_batch_size"])
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        train(args)
+        with contextlib.ExitStack() as stack:  # what the run opens closes on any exit
+            train(args, stack)
     except (CorpusError, CheckpointError, SettingsError, TrainingError) as e:
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # a second Ctrl-C
+    except KeyboardInterrupt:  # a second Ctrl-C, or one during the final test
         print("\naborted; checkpoints on disk are intact (every write is atomic)",
               file=sys.stderr)
         sys.exit(130)

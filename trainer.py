@@ -82,7 +82,9 @@ class Trainer:
         self.valid_history = []  # validation losses of completed epochs
         self.best_valid_loss = math.inf
         self.metrics = []  # one row per completed epoch (runlog.FIELDS)
+        self.steps = 0  # training batches of the whole run
         self.done = False  # fine-tuning ended at its trigger
+        self.resumed = False  # restored from a state, until the next epoch ends
         if s["finetune"]:
             self.averaged = AveragedModel(self.model)
 
@@ -112,7 +114,8 @@ class Trainer:
             averaged=self.averaged.state_dict() if self.averaged is not None else None,
             optimizer=self.optimizer.state_dict(), lr=self.lr, epoch=self.epoch,
             position=self.position, valid_history=self.valid_history,
-            best_valid_loss=self.best_valid_loss, metrics=self.metrics, done=self.done, rng=rng)
+            best_valid_loss=self.best_valid_loss, metrics=self.metrics, steps=self.steps,
+            done=self.done, rng=rng)
 
     def load_state(self, state):
         self.model.load_state_dict(state["model"])
@@ -124,6 +127,8 @@ class Trainer:
             state["lr"], state["epoch"], state["valid_history"])
         self.best_valid_loss, self.metrics, self.done = (
             state["best_valid_loss"], state["metrics"], state["done"])
+        self.steps = state.get("steps", 0)  # states written before it existed lack it
+        self.resumed = True
         self.position = state["position"]
         if self.position is not None:
             self.position["hidden"] = map_hidden(lambda t: t.to(self.device),
@@ -138,9 +143,11 @@ class Trainer:
 
     # Training ------------------------------------------------------------------------------
 
-    def train_epoch(self, stop, max_batches, log_interval):
+    def train_epoch(self, stop, max_batches, log_interval, on_progress=None):
         """One pass over the training split (or what is left of an interrupted one).
-        Returns the mean training loss, or None when stopped by a signal."""
+        Every `log_interval` batches the mean loss so far is read (the one host sync) and
+        passed to `on_progress(step, loss, lr, tokens_per_s)`. Returns the mean training
+        loss, or None when stopped by a signal."""
         s, model, data = self.s, self.model, self.train_data
         model.train()
         if self.position is None:
@@ -168,6 +175,7 @@ class Trainer:
             tokens += targets.numel()
             row += inputs.size(0)
             batches += 1
+            self.steps += 1
             bar.update(1)
             at_end = data.size(0) - 1 - row < MIN_WINDOW or batches == max_batches
             if batches % log_interval == 0 or at_end or stop.requested:
@@ -179,9 +187,11 @@ class Trainer:
                         f"(batch {batches}); nothing was saved from this epoch and "
                         f"{self.model_path} still holds the last good model. Try a lower "
                         "--lr or --clip")
+                tokens_per_s = tokens / max(time.time() - started, 1e-9)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}",
-                                lr=f"{self.lr:g}",
-                                tok_s=f"{tokens / max(time.time() - started, 1e-9):,.0f}")
+                                lr=f"{self.lr:g}", tok_s=f"{tokens_per_s:,.0f}")
+                if on_progress is not None:
+                    on_progress(self.steps, mean_loss, self.lr, tokens_per_s)
             if stop.requested:
                 break
         bar.close()
@@ -195,7 +205,7 @@ class Trainer:
     def end_epoch(self, train_loss):
         """Validate, save the best model, apply the schedule; returns the epoch's metrics row."""
         s = self.s
-        seconds, epoch_lr = self.position["seconds"], self.lr
+        seconds, epoch_lr, validation_started = self.position["seconds"], self.lr, time.time()
         valid_loss = evaluate(self.eval_model, self.corpus.valid, s["eval_batch_size"],
                               s["bptt"], progress="validating")
         if not math.isfinite(valid_loss):
@@ -219,12 +229,18 @@ class Trainer:
             self.lr /= 4
             event = "lr / 4"
         self.valid_history.append(valid_loss)
+        # Wall time of the run so far: training and validation of every epoch (not the
+        # time a stopped run spent waiting for its resume).
+        elapsed = (self.metrics[-1].get("elapsed_s", 0.0) if self.metrics else 0.0) + \
+            seconds + time.time() - validation_started
         row = dict(epoch=self.epoch + 1, seconds=round(seconds, 2),
                    tokens_per_s=round(self.position["tokens"] / max(seconds, 1e-9)),
                    train_loss=round(train_loss, 5), train_ppl=round(ppl(train_loss), 3),
                    valid_loss=round(valid_loss, 5), valid_ppl=round(ppl(valid_loss), 3),
-                   lr=epoch_lr, mode=mode, event=event)
+                   lr=epoch_lr, mode=mode, event=event, elapsed_s=round(elapsed, 2),
+                   resumed="yes" if self.resumed else "")
         self.metrics.append(row)
         self.epoch += 1
         self.position = None
+        self.resumed = False
         return row

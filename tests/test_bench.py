@@ -38,5 +38,5 @@ def test_bench_prints_every_configuration_with_positive_figures(capsys):
                         out, re.M)
         assert row, label
         assert float(row.group(2)) > 0 and int(row.group(3).replace(",", "")) > 0
-    assert re.search(r"^a/b .*\s\d\.\d{3}$", out, re.M)
-    assert re.search(r"^c/d .*\s\d\.\d{3}$", out, re.M)
+    assert re.search(r"^a/b .*\s\d+\.\d{3}$", out, re.M)
+    assert re.search(r"^c/d .*\s\d+\.\d{3}$", out, re.M)

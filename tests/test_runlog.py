@@ -1,17 +1,27 @@
-"""Tests of runlog.py: the metrics CSV is rewritten whole, atomically; the epoch line."""
+"""Tests of runlog.py: the metrics CSV, the summary, TensorBoard, the epoch line."""
 
 import csv
+import json
+import sys
 
-from runlog import FIELDS, RunLog, metrics_path
+import pytest
+
+from config import SettingsError
+from runlog import FIELDS, RunLog, duration, metrics_path, summary_path
 
 
 def row(epoch, event=""):
     return dict(epoch=epoch, seconds=1.5, tokens_per_s=1000, train_loss=5.0, train_ppl=148.4,
-                valid_loss=4.9, valid_ppl=134.3, lr=30.0, mode="SGD", event=event)
+                valid_loss=4.9, valid_ppl=134.3, lr=30.0, mode="SGD", event=event,
+                elapsed_s=2.0 * epoch, resumed="")
+
+
+def settings(tmp_path, **kw):
+    return {"save": str(tmp_path / "awd.pt"), "epochs": 10, "finetune": None, **kw}
 
 
 def test_the_csv_holds_exactly_the_rows_given(tmp_path):
-    log = RunLog(str(tmp_path / "awd.pt"))
+    log = RunLog(settings(tmp_path))
     assert log.path == str(tmp_path / "awd.csv") == metrics_path(str(tmp_path / "awd.pt"))
     log.state_saved([row(1), row(2)])
     log.state_saved([row(1), row(2), row(3)])  # a later save, as after a resume
@@ -21,8 +31,54 @@ def test_the_csv_holds_exactly_the_rows_given(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["awd.csv"]
 
 
-def test_the_epoch_line_names_the_switch(tmp_path, capsys):
-    RunLog(str(tmp_path / "awd.pt")).epoch_ended(row(7, "switch to ASGD"))
+def test_rows_of_older_runs_without_the_new_columns_still_write(tmp_path):
+    log = RunLog(settings(tmp_path))
+    old = {k: v for k, v in row(1).items() if k not in ("elapsed_s", "resumed")}
+    log.state_saved([old])
+    with open(log.path) as f:
+        assert next(csv.DictReader(f))["elapsed_s"] == ""
+
+
+def test_the_epoch_line_names_the_switch_and_the_time_to_finish(tmp_path, capsys):
+    RunLog(settings(tmp_path)).epoch_ended(row(7, "switch to ASGD"))
     out = capsys.readouterr().out
     assert out.startswith("epoch    7 |") and "valid ppl    134.30" in out
+    assert "| 3 more, ~0m 00s" in out
     assert "switching to ASGD at epoch 7" in out
+    RunLog(settings(tmp_path, epochs=7)).epoch_ended(row(7))
+    assert "more" not in capsys.readouterr().out  # the last epoch: nothing left
+    assert duration(3725) == "1h 02m" and duration(125) == "2m 05s"
+
+
+def test_the_summary_is_json_beside_the_checkpoint(tmp_path):
+    with RunLog(settings(tmp_path)) as log:
+        log.finished(dict(test_ppl=65.8, epochs=3))
+    path = summary_path(str(tmp_path / "awd.pt"))
+    assert path == str(tmp_path / "awd.json")
+    assert json.load(open(path)) == dict(test_ppl=65.8, epochs=3)
+
+
+def read_scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_read_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    with RunLog(settings(tmp_path), tensorboard=str(tmp_path / "tb")) as log:
+        log.progress(50, 5.25, 30.0, 1234.0)
+        log.epoch_ended(row(1))
+        log.epoch_ended(row(2))
+    scalars = read_scalars(tmp_path / "tb")
+    assert scalars["epoch/valid_ppl"] == [(1, pytest.approx(134.3)), (2, pytest.approx(134.3))]
+    assert scalars["batch/loss"] == [(50, 5.25)]
+
+
+def test_tensorboard_missing_is_a_message_with_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(SettingsError, match="pip install"):
+        RunLog(settings(tmp_path), tensorboard=str(tmp_path / "tb"))
+    assert not (tmp_path / "tb").exists()

@@ -1,6 +1,7 @@
 """Tests of train.py on tiny corpora: learning, NT-ASGD, exact resume, interruption, errors."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -111,7 +112,8 @@ def test_resume_gives_the_same_weights_as_never_stopping(random_text, tmp_path):
     assert straight[1] is not None  # averaging started, and its weights match too
     assert_same_weights(straight[1], split[1])
     def without_timings(path):
-        return [{k: v for k, v in row.items() if k not in ("seconds", "tokens_per_s")}
+        return [{k: v for k, v in row.items()
+                 if k not in ("seconds", "tokens_per_s", "elapsed_s", "resumed")}
                 for row in read_csv(path)]
 
     assert without_timings(tmp_path / "straight.csv") == without_timings(tmp_path / "split.csv")
@@ -236,3 +238,30 @@ def test_help_shows_the_preset_defaults(capsys):
         run(["--help"])
     out = capsys.readouterr().out
     assert "awd: 30.0, lstm: 20.0" in out and "awd: 750, lstm: 40" in out
+
+
+def test_tensorboard_scalars_equal_the_csv(repeating, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run(["--model", "lstm", "--data", repeating, "--emsize", "8", "--nhid", "8",
+         "--batch_size", "4", "--bptt", "10", "--epochs", "3", "--log-interval", "5",
+         "--save", tmp_path / "lstm.pt", "--tensorboard", tmp_path / "tb"])
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    rows = read_csv(tmp_path / "lstm.csv")
+    for name in ("valid_ppl", "train_loss", "lr"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"epoch/{name}")]
+        assert logged == [(int(r["epoch"]), pytest.approx(float(r[name]))) for r in rows]
+    assert len(events.Scalars("batch/loss")) >= 3
+    assert any(tag.startswith("settings") for tag in events.Tags()["tensors"])
+
+
+def test_the_summary_holds_the_final_numbers(repeating, tmp_path, capsys):
+    run(["--model", "lstm", "--data", repeating, "--emsize", "8", "--nhid", "8",
+         "--batch_size", "4", "--bptt", "10", "--epochs", "2", "--save", tmp_path / "lstm.pt"])
+    summary = json.load(open(tmp_path / "lstm.json"))
+    out = capsys.readouterr().out
+    assert f"test ppl {summary['test_ppl']:.2f}" in out
+    assert summary["epochs"] == 2 and summary["stopped"] is False
+    assert summary["best_valid_ppl"] == min(float(r["valid_ppl"])
+                                            for r in read_csv(tmp_path / "lstm.csv"))

@@ -1,0 +1,85 @@
+"""Tests of plot.py on two tiny runs trained here: a valid PNG, a table equal to the CSVs."""
+
+import csv
+import json
+import struct
+import sys
+
+import pytest
+
+import plot
+import train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    line = "a b c d e f g h i j\n"
+    for name, repeat in (("train.txt", 40), ("valid.txt", 10), ("test.txt", 10)):
+        (root / name).write_text(line * repeat)
+    tiny = ["--data", str(root), "--emsize", "12", "--nhid", "12", "--batch_size", "4",
+            "--bptt", "8", "--epochs", "3"]
+    train.main(["--model", "awd", "--nonmono", "1"] + tiny + ["--save", str(root / "awd.pt")])
+    train.main(["--model", "lstm"] + tiny + ["--save", str(root / "lstm.pt")])
+    return [str(root / "awd.csv"), str(root / "lstm.csv")]
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_plot_writes_a_png_of_a_sensible_size(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "curves.png"
+    plot.main(runs + ["-o", str(out)])
+    width, height = png_size(out)
+    assert 800 <= width <= 3000 and 300 <= height <= 1500
+    assert out.stat().st_size > 10_000  # curves, not an empty canvas
+
+
+def test_the_table_equals_the_csvs_and_summaries(runs, capsys):
+    table = plot.table([plot.read_run(path) for path in runs])
+    assert table[0].split()[:3] == ["run", "epochs", "best"]
+    for path, line in zip(runs, table[1:]):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        summary = json.load(open(path.replace(".csv", ".json")))
+        label, epochs, best, test, minutes, _ = line.split()
+        assert label == path.rsplit("/", 1)[1][:-4] and int(epochs) == len(rows)
+        assert float(best) == round(min(float(r["valid_ppl"]) for r in rows), 2)
+        assert float(test) == round(summary["test_ppl"], 2)
+        assert float(minutes) == round(float(rows[-1]["elapsed_s"]) / 60, 1)
+
+
+def test_a_csv_with_extra_columns_still_reads(runs, tmp_path):
+    with open(runs[0]) as f:
+        rows = list(csv.DictReader(f))
+    wider = tmp_path / "wider.csv"
+    with open(wider, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["grad_norm"] + list(rows[0]))
+        writer.writeheader()
+        writer.writerows(dict(r, grad_norm="0.5") for r in rows)
+    assert plot.read_run(str(wider))["valid_ppl"] == plot.read_run(runs[0])["valid_ppl"]
+
+
+def test_missing_matplotlib_is_a_message_with_the_install_command(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    with pytest.raises(SystemExit) as exit_:
+        plot.main(runs + ["-o", str(tmp_path / "x.png")])
+    assert "pip install" in exit_.value.code and "matplotlib" in exit_.value.code
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("", "has no epochs yet"),
+    ("epoch,valid_ppl\n1,50\n", "lacks the column(s) seconds"),
+])
+def test_files_that_are_not_runs_are_refused(tmp_path, content, fragment):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        plot.main([str(path), "-o", str(tmp_path / "x.png")])
+    assert exit_.value.code.startswith("error: ") and fragment in exit_.value.code
