@@ -80,6 +80,12 @@ def progress_bar(iterable=None, desc=None, **kwargs):
                 disable=desc is None or not sys.stderr.isatty(), **kwargs)
 
 
+def target_log_probs(logits, targets):
+    """log p(target) at every position: (T, batch, ntoken) logits, (T, batch) targets ->
+    (T, batch), computed in float32 whatever the logits' precision."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)
+
+
 @torch.no_grad()
 def evaluate(model, data, batch_size, bptt, progress=None, on_segment=None):
     """Mean negative log-likelihood per target token of `data` (1-D token ids), exact: every
@@ -96,8 +102,7 @@ def evaluate(model, data, batch_size, bptt, progress=None, on_segment=None):
     for n, (row, inputs, targets) in enumerate(bar):
         out = model(inputs, hidden)
         hidden = out.hidden
-        logp = torch.log_softmax(out.logits.float(), dim=-1).gather(
-            2, targets.unsqueeze(2)).squeeze(2)
+        logp = target_log_probs(out.logits, targets)
         total -= logp.double().sum()
         if on_segment is not None:
             on_segment(logp, out.raw_output, targets)

@@ -5,6 +5,7 @@ dynamic evaluation.
     python evaluate.py --checkpoint checkpoints/awd.pt --cache            # + cache pointer
     python evaluate.py --checkpoint checkpoints/awd.pt --tune-cache       # theta, lambda on valid
     python evaluate.py --checkpoint checkpoints/awd.pt --dynamic          # dynamic evaluation
+    python evaluate.py --checkpoint checkpoints/awd.pt --tune-dynamic     # lr, decay on valid
 
 Continuous cache pointer (Grave et al., 2017): keep the last W last-layer hidden states h_i
 with the words x_(i+1) that followed them; for the current state h_t,
@@ -19,15 +20,16 @@ batchified split (at batch size 1: every token after the first).
 
 import argparse
 import itertools
+import math
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import checkpoint
-from bptt import evaluate, ppl, progress_bar, scored_targets, windows
+from bptt import evaluate, ppl, progress_bar, scored_targets, target_log_probs, windows
 from checkpoint import CheckpointError
-from config import COUNT, FRACTION, NON_NEGATIVE, Parser, SettingsError, pick_device
+from config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Parser, SettingsError, pick_device
 from data import DEFAULT_DATA, Corpus, CorpusError, batchify
 from model import build_model, detach_hidden, without_dropout
 
@@ -83,6 +85,21 @@ class CachePointer:
 
 
 # --- Dynamic evaluation ------------------------------------------------------------------
+#
+# Krause et al.'s rule, in the convention of their code's --ms option: the statistics are
+# the root mean square over training windows of each weight's gradient of the window's
+# mean loss,  rms = sqrt(mean_windows(g^2)).  After a segment is scored, every weight w
+# (trained value w0) moves by
+#     - lr * g / (rms + eps)  +  decay * rate * (w0 - w),
+#     rate = rms / (sum over weight tensors of mean(rms)),  at most 1 / decay (the clip),
+# g being the gradient of the segment's mean loss. Their WikiText-2 setting (lr 0.002,
+# eps 0.001) was given in the other convention, rms = sqrt(sum_windows(g^2)), with the
+# statistics over the whole training split at batch 100 and BPTT 5: 4,177 windows, so
+# their rms is sqrt(4177) = 64.6 times ours and lr and eps translate to 0.002 / 64.6 and
+# 0.001 / 64.6. The decay (their lambda, 0.02) is a ratio and translates unchanged.
+DYN_DEFAULTS = dict(lr=3.09e-5, eps=1.55e-5, decay=0.02, segment=5, stat_batch_size=100,
+                    stat_bptt=5)
+
 
 def trainable_copy(model):
     """The same weights in a model with every dropout at zero, kept in training mode:
@@ -92,14 +109,16 @@ def trainable_copy(model):
     return clone.train()
 
 
-def gradient_rms(model, data, batch_size, bptt, batches):
-    """Root mean square of each weight's gradient over `batches` windows of training data."""
+def gradient_rms(model, data, batch_size, bptt, batches=None):
+    """Root mean square, over `batches` windows of `data` (all of them when None), of each
+    weight's gradient of the window's mean cross-entropy."""
     source = batchify(data, batch_size).to(next(model.parameters()).device)
     squares = [torch.zeros_like(p) for p in model.parameters()]
     hidden = model.init_hidden(batch_size)
     n = 0
+    total = math.ceil((source.size(0) - 1) / bptt)
     for _, inputs, targets in progress_bar(itertools.islice(windows(source, bptt), batches),
-                                           "gradient stats"):
+                                           "gradient stats", total=min(total, batches or total)):
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
         hidden = out.hidden
@@ -107,37 +126,47 @@ def gradient_rms(model, data, batch_size, bptt, batches):
         for square, p in zip(squares, model.parameters()):
             square += p.grad ** 2
         n += 1
-    return [torch.sqrt(square / max(n, 1)) for square in squares]
+    return [torch.sqrt(square / n) for square in squares]
 
 
-def dynamic_nll(model, data, batch_size, segment, lr, decay, rms, eps=1e-3):
-    """Summed NLL of every target and the target count under dynamic evaluation.
+def decay_rates(rms, decay, clip=True):
+    """Each weight's pull toward its trained value, decay * rms / sum(mean rms), clipped at
+    1 (a pull of 1 lands exactly on the trained weight; more would overshoot it)."""
+    total = sum(r.mean() for r in rms)
+    rates = [r / total for r in rms]
+    if clip and decay > 0:
+        rates = [r.clamp(max=1 / decay) for r in rates]
+    return [decay * r for r in rates]
 
-    Each segment is scored with the current weights, then every weight w moves by
-        - lr * grad / (rms + eps) + decay * (rms / sum of mean rms) * (w0 - w),
-    w0 being the trained weight (Krause et al.'s RMS-normalised rule with a decay toward
-    the trained model, stronger for weights whose training gradients are larger)."""
+
+@torch.no_grad()
+def dynamic_update(params, originals, rms, pulls, lr, eps):
+    """One step of the rule above on every weight, from the gradients in p.grad."""
+    for p, w0, r, pull in zip(params, originals, rms, pulls):
+        p.add_(-lr * p.grad / (r + eps) + pull * (w0 - p))
+
+
+def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress="dynamic"):
+    """Summed NLL of every target of `data` and the target count under dynamic evaluation:
+    each segment is scored with the current weights, then the weights take one step.
+    The model's weights are changed; `trainable_copy` gives a model to spend."""
     params = list(model.parameters())
     originals = [p.detach().clone() for p in params]
-    rms_sum = sum(r.mean() for r in rms)
-    pull = [decay * r / rms_sum for r in rms]
     source = batchify(data, batch_size).to(originals[0].device)
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), dtype=torch.float64, device=originals[0].device)
-    bar = progress_bar(windows(source, segment), "dynamic")
-    for n, (_, inputs, targets) in enumerate(bar):
+    bar = progress_bar(windows(source, segment), progress,
+                       total=math.ceil((source.size(0) - 1) / segment))
+    for n, (row, inputs, targets) in enumerate(bar):
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
         hidden = out.hidden
-        loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum")
-        total += loss.detach().double()
-        (loss / targets.numel()).backward()
-        with torch.no_grad():
-            for p, w0, r, k in zip(params, originals, rms, pull):
-                p.add_(-lr * p.grad / (r + eps) + k * (w0 - p))
+        logp = target_log_probs(out.logits, targets)  # as in plain evaluation, to the bit
+        total -= logp.detach().double().sum()
+        (-logp.mean()).backward()
+        dynamic_update(params, originals, rms, pulls, lr, eps)
         if not bar.disable and n % 50 == 0:
-            scored = (n + 1) * segment * batch_size  # about; exact at the end
-            bar.set_postfix(ppl=f"{ppl(total.item() / scored):.2f}")
+            bar.set_postfix(ppl=f"{ppl(total.item() / ((row + len(inputs)) * batch_size)):.2f}")
     return total.item(), scored_targets(len(data), batch_size)
 
 
@@ -161,17 +190,36 @@ def parse_args(argv=None):
     g.add_argument("--lambdasm", type=FRACTION, default=0.1279, help="cache weight lambda")
     g.add_argument("--tune-cache", dest="tune_cache", action="store_true",
                    help="grid-search theta and lambda on valid, then report --split with them")
-    g = p.add_argument_group("dynamic evaluation")
+    g = p.add_argument_group("dynamic evaluation (Krause et al. 2018; the defaults are their "
+                             "WikiText-2 setting, see the README)")
     g.add_argument("--dynamic", action="store_true", help="dynamic evaluation")
-    g.add_argument("--dyn-lr", dest="dyn_lr", type=NON_NEGATIVE, default=2e-5, help="step size")
-    g.add_argument("--dyn-decay", dest="dyn_decay", type=NON_NEGATIVE, default=0.02,
-                   help="pull toward the trained weights")
-    g.add_argument("--dyn-segment", dest="dyn_segment", type=COUNT, default=5,
-                   help="tokens scored between two updates")
-    g.add_argument("--dyn-stat-batches", dest="dyn_stat_batches", type=COUNT, default=100,
-                   help="training windows (batch 80, BPTT 70) for the gradient RMS")
+    g.add_argument("--tune-dynamic", dest="tune_dynamic", action="store_true",
+                   help="grid-search --dyn-lr (x0.5 to x4) and --dyn-decay on valid, then "
+                        "report --split with the best pair")
+    g.add_argument("--dyn-lr", dest="dyn_lr", type=NON_NEGATIVE, default=DYN_DEFAULTS["lr"],
+                   help="step size (0: plain evaluation)")
+    g.add_argument("--dyn-eps", dest="dyn_eps", type=POSITIVE, default=DYN_DEFAULTS["eps"],
+                   help="added to the gradient RMS in the step's denominator")
+    g.add_argument("--dyn-decay", dest="dyn_decay", type=NON_NEGATIVE,
+                   default=DYN_DEFAULTS["decay"], help="pull toward the trained weights (lambda)")
+    g.add_argument("--dyn-clip", dest="dyn_clip", action=argparse.BooleanOptionalAction,
+                   default=True, help="clip each weight's decay rate at 1/lambda, so that a "
+                                      "pull never overshoots the trained weight")
+    g.add_argument("--dyn-segment", dest="dyn_segment", type=COUNT,
+                   default=DYN_DEFAULTS["segment"], help="tokens scored between two updates")
+    g.add_argument("--dyn-stat-batch-size", dest="dyn_stat_batch_size", type=COUNT,
+                   default=DYN_DEFAULTS["stat_batch_size"],
+                   help="batch size of the training windows for the gradient RMS")
+    g.add_argument("--dyn-stat-bptt", dest="dyn_stat_bptt", type=COUNT,
+                   default=DYN_DEFAULTS["stat_bptt"],
+                   help="length of the training windows for the gradient RMS")
+    g.add_argument("--dyn-stat-batches", dest="dyn_stat_batches", type=COUNT, default=None,
+                   help="training windows for the gradient RMS (default: all of the "
+                        "training split)")
+    g.add_argument("--dyn-tune-tokens", dest="dyn_tune_tokens", type=COUNT, default=None,
+                   help="tune on the first N tokens of valid only (default: all)")
     args = p.parse_args(argv)
-    if args.dynamic and (args.cache or args.tune_cache):
+    if (args.dynamic or args.tune_dynamic) and (args.cache or args.tune_cache):
         p.error("--dynamic does not combine with the cache here; run them apart")
     return args
 
@@ -186,6 +234,42 @@ def report(name, split, mean_nll, count):
     print(f"{name:<24} {split} ppl {ppl(mean_nll):9.2f}   ({count:,} target tokens)")
 
 
+# The --tune-dynamic grid: multiples of --dyn-lr, and decays around Krause et al.'s 0.02.
+DYN_LR_FACTORS = [0.5, 1, 2, 4]
+DYN_DECAYS = [0.01, 0.02, 0.05]
+
+
+def run_dynamic(args, model, corpus, data, count):
+    report("plain", args.split, evaluate(model, data, args.batch_size, args.bptt, "scoring"),
+           count)
+    tuned = trainable_copy(model)
+    rms = gradient_rms(tuned, corpus.train, args.dyn_stat_batch_size, args.dyn_stat_bptt,
+                       args.dyn_stat_batches)
+    trained = {name: t.clone() for name, t in tuned.state_dict().items()}
+
+    def mean_nll(text, lr, decay, progress):
+        tuned.load_state_dict(trained)
+        pulls = decay_rates(rms, decay, args.dyn_clip)
+        total, n = dynamic_nll(tuned, text, args.batch_size, args.dyn_segment, lr,
+                               args.dyn_eps, pulls, rms, progress)
+        return total / n
+
+    if args.tune_dynamic:
+        valid = corpus.valid[:args.dyn_tune_tokens]
+        results = {(factor * args.dyn_lr, decay): mean_nll(valid, factor * args.dyn_lr, decay,
+                                                           f"tuning lr x{factor} decay {decay}")
+                   for factor in DYN_LR_FACTORS for decay in DYN_DECAYS}
+        (lr, decay), best = min(results.items(), key=lambda item: item[1])
+        edge = lr in (DYN_LR_FACTORS[0] * args.dyn_lr, DYN_LR_FACTORS[-1] * args.dyn_lr) or \
+            decay in (DYN_DECAYS[0], DYN_DECAYS[-1])
+        print(f"best on valid ({len(valid):,} tokens): lr {lr:g}, decay {decay:g} (valid ppl "
+              f"{ppl(best):.2f})"
+              + ("; on the edge of the grid, so the optimum may lie beyond it" if edge else ""))
+        args.dyn_lr, args.dyn_decay = lr, decay
+    report(f"dynamic (lr {args.dyn_lr:g}, eps {args.dyn_eps:g}, decay {args.dyn_decay:g})",
+           args.split, mean_nll(data, args.dyn_lr, args.dyn_decay, "dynamic"), count)
+
+
 def run(args):
     device = pick_device(args.device)
     model, _, saved = checkpoint.load_model(args.checkpoint, device)
@@ -196,12 +280,8 @@ def run(args):
     print(f"{args.checkpoint}: {saved['config']['model']} model, trained {saved['epoch']} "
           f"epochs | {args.split} split of {corpus.path} | batch {args.batch_size}")
 
-    if args.dynamic:
-        tuned = trainable_copy(model)
-        rms = gradient_rms(tuned, corpus.train, 80, 70, args.dyn_stat_batches)
-        total, count = dynamic_nll(tuned, data, args.batch_size, args.dyn_segment,
-                                   args.dyn_lr, args.dyn_decay, rms)
-        report(f"dynamic (lr {args.dyn_lr:g})", args.split, total / count, count)
+    if args.dynamic or args.tune_dynamic:
+        run_dynamic(args, model, corpus, data, count)
         return
 
     if args.tune_cache:

@@ -15,7 +15,6 @@ The file reads top to bottom: flags, the run's settings, set-up, the epoch loop,
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 
@@ -193,7 +192,9 @@ def train(args, stack):
         print(f"resuming {args.resume} after epoch {trainer.epoch}"
               + (" (mid-epoch)" if trainer.position else ""))
     if args.finetune:
-        print(f"fine-tuning {args.finetune} in averaging mode; writing {model_path}")
+        start = trainer.measure_start()
+        print(f"fine-tuning {args.finetune} in averaging mode from valid ppl {ppl(start):.2f}; "
+              f"writing {model_path} whenever validation improves on it")
 
     # The epoch loop: train, validate and apply the schedule, save the state.
     with StopRequest() as stop:
@@ -215,18 +216,23 @@ def train(args, stack):
 
 
 def test_best_model(trainer, device):
-    """Test loss of the best checkpoint of this run (None before its first epoch ends), at
-    the test batch size (1 in the paper)."""
-    if math.isinf(trainer.best_valid_loss):  # --overwrite: the file may be an older run's
-        print("no epoch has finished yet, so there is no best model to test")
+    """Test loss of the best model this run saved (None if it saved none), at the test batch
+    size (1 in the paper)."""
+    path = trainer.model_path
+    model, _, saved = checkpoint.load_model(path, device) if os.path.exists(path) else (None,) * 3
+    if saved is None or saved["valid_loss"] != trainer.best_valid_loss:  # none, or an older run's
+        if trainer.s["finetune"] and trainer.epoch:
+            print(f"fine-tuning never improved on the validation perplexity of "
+                  f"{trainer.s['finetune']} ({ppl(trainer.best_valid_loss):.2f}); "
+                  f"{path} was not written")
+        else:
+            print("no epoch has finished yet, so there is no best model to test")
         return None
-    model, _, saved = checkpoint.load_model(trainer.model_path, device)
     s = trainer.s
     test_loss = evaluate(model, trainer.corpus.test, s["test_batch_size"], s["bptt"],
                          progress="testing")
-    print(f"best model ({trainer.model_path}, epoch {saved['epoch']}): valid ppl "
-          f"{saved['valid_ppl']:.2f} | test ppl {ppl(test_loss):.2f} "
-          f"(batch size {s['test_batch_size']})")
+    print(f"best model ({path}, epoch {saved['epoch']}): valid ppl {saved['valid_ppl']:.2f} "
+          f"| test ppl {ppl(test_loss):.2f} (batch size {s['test_batch_size']})")
     return test_loss
 
 

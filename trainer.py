@@ -138,6 +138,14 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
 
+    def measure_start(self):
+        """Fine-tuning: the validation loss of the starting weights, which an epoch must beat
+        to be saved (so <stem>-finetune.pt is never worse than the model it came from)."""
+        self.best_valid_loss = evaluate(self.eval_model, self.corpus.valid,
+                                        self.s["eval_batch_size"], self.s["bptt"],
+                                        progress="validating the start")
+        return self.best_valid_loss
+
     def save_state(self):
         checkpoint.save(checkpoint.state_path(self.model_path), self.state())
 

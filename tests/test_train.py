@@ -265,3 +265,39 @@ def test_the_summary_holds_the_final_numbers(repeating, tmp_path, capsys):
     assert summary["epochs"] == 2 and summary["stopped"] is False
     assert summary["best_valid_ppl"] == min(float(r["valid_ppl"])
                                             for r in read_csv(tmp_path / "lstm.csv"))
+
+
+def test_finetuning_keeps_only_improvements_on_its_start(random_text, tmp_path, capsys):
+    save = tmp_path / "awd.pt"
+    run(TINY_AWD + ["--data", random_text, "--epochs", "3", "--max-batches", "10",
+                    "--save", save])
+    start = checkpoint.load(str(save))["valid_loss"]
+    # lr so high that every fine-tuning epoch is worse than the trained model
+    run(["--finetune", save, "--lr", "5000", "--nonmono", "1", "--epochs", "3",
+         "--max-batches", "10"])
+    out = capsys.readouterr().out
+    rows = read_csv(tmp_path / "awd-finetune.csv")
+    assert all(float(r["valid_loss"]) > start for r in rows)
+    assert not (tmp_path / "awd-finetune.pt").exists()
+    assert "fine-tuning never improved" in out and "test ppl" not in out.split("fine-tuning never")[1]
+    state = checkpoint.load(str(tmp_path / "awd-finetune.state.pt"), kind="state")
+    assert state["best_valid_loss"] == start
+
+
+def test_an_early_stop_after_overwrite_does_not_report_the_older_run(
+        random_text, tmp_path, capsys, monkeypatch):
+    args = TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                       "--save", tmp_path / "awd.pt"]
+    run(args)
+    capsys.readouterr()
+
+    class StoppedAtOnce(train.StopRequest):  # Ctrl-C before the first batch
+        def __enter__(self):
+            self.requested = True
+            return super().__enter__()
+
+    monkeypatch.setattr(train, "StopRequest", StoppedAtOnce)
+    run(args + ["--overwrite", "--seed", "4"])
+    out = capsys.readouterr().out
+    assert "no epoch has finished yet" in out and "test ppl" not in out
+    assert json.load(open(tmp_path / "awd.json"))["test_ppl"] is None
