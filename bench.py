@@ -19,12 +19,14 @@ import argparse
 import itertools
 import resource
 import statistics
+import sys
 import time
 
 import torch
 
 from bptt import train_step, windows
-from config import COUNT, PRESETS, Parser, checked, describe_device, pick_device
+from config import (COUNT, PRECISIONS, PRESETS, Parser, SettingsError, checked, describe_device,
+                    pick_device, set_precision)
 from data import DEFAULT_DATA, Corpus, batchify
 from model import build_model, count_parameters, model_config
 
@@ -49,11 +51,11 @@ def example_style_step(model, optimizer, inputs, targets, hidden, lr, s):
 
 
 def time_steps(model_kind, shape, regularised, corpus, device, steps, warmup,
-               step_fn=train_step):
+               step_fn=train_step, precision="fp32"):
     """Mean seconds per training step and peak memory (bytes) for one configuration."""
     emsize, nhid, nlayers, batch_size, bptt = shape
     s = dict(PRESETS[model_kind], emsize=emsize, nhid=nhid, nlayers=nlayers,
-             batch_size=batch_size, bptt=bptt)
+             batch_size=batch_size, bptt=bptt, precision=precision)
     if not regularised:  # same shapes, no dropout of any kind, no AR/TAR
         s.update(dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0,
                  alpha=0.0, beta=0.0)
@@ -99,18 +101,25 @@ def main(argv=None):
     p.add_argument("--repeats", type=COUNT, default=3,
                    help="times each configuration is timed (round-robin); medians printed")
     p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="as train.py --precision (the example-style step (d) is always fp32)")
     for prefix in ("awd", "lstm"):
         for name in SHAPE:
             p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=COUNT, default=None,
                            help=f"{prefix} {name} (default: by device)")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+        set_precision(args.precision, device)
+    except SettingsError as e:
+        sys.exit(f"error: {e}")
     defaults = FULL if args.full or device.type == "cuda" else CPU_SMALL
     shapes = {kind: tuple(getattr(args, f"{kind}_{name}") or default
                           for name, default in zip(SHAPE, defaults[kind]))
               for kind in ("awd", "lstm")}
     corpus = Corpus(args.data)
-    print(f"torch {torch.__version__} | {device.type} ({describe_device(device)}) | median of {args.repeats} x {args.steps} "
+    print(f"torch {torch.__version__} | {device.type} ({describe_device(device)}, "
+          f"{args.precision}) | median of {args.repeats} x {args.steps} "
           f"timed steps after {args.warmup} warm-up | vocabulary {len(corpus.dictionary):,}")
     memory = "peak GPU memory" if device.type == "cuda" else "process peak RSS"
     print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10} "
@@ -125,7 +134,7 @@ def main(argv=None):
     for _ in range(args.repeats):
         for label, kind, regularised, title, step_fn in runs:
             timings[label].append(time_steps(kind, shapes[kind], regularised, corpus, device,
-                                             args.steps, args.warmup, step_fn))
+                                             args.steps, args.warmup, step_fn, args.precision))
     results = {}
     for label, kind, regularised, title, step_fn in runs:
         emsize, nhid, nlayers, batch_size, bptt = shapes[kind]

@@ -6,9 +6,11 @@ consecutive (inputs, targets) windows of a (steps, batch) tensor made by data.ba
 and the hidden state of one window is fed to the next.
 """
 
+import functools
 import math
 import sys
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -47,6 +49,15 @@ def sample_seq_len(rng, bptt):
     return max(5, int(rng.normal(base, 5)))
 
 
+@functools.lru_cache
+def mean_seq_len(bptt, draws=20000):
+    """The mean window length that sample_seq_len gives, from draws of a private generator
+    (so the run's own random state is untouched): about 0.975 * bptt when bptt is large,
+    more when the floor of 5 matters."""
+    rng = np.random.default_rng(0)
+    return sum(sample_seq_len(rng, bptt) for _ in range(draws)) / draws
+
+
 def activation_regularization(out, alpha, beta):
     """AR: alpha * mean(h^2) of the dropped last layer; TAR: beta * mean((h_t+1 - h_t)^2)
     of the undropped one."""
@@ -61,12 +72,16 @@ def activation_regularization(out, alpha, beta):
 def train_step(model, optimizer, inputs, targets, hidden, lr, s):
     """One truncated-BPTT step: forward from `hidden` (detached here), cross-entropy plus
     AR/TAR (s["alpha"], s["beta"]), backward, clipping at s["clip"], an optimizer step at
-    `lr`. Returns the cross-entropy (a tensor, so the caller decides when to synchronise)
-    and the new hidden state."""
-    out = model(inputs, detach_hidden(hidden))
-    loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+    `lr`. With s["precision"] == "bf16" the forward and the loss run under bf16 autocast;
+    weights, gradients and the optimizer stay float32. Returns the cross-entropy (a tensor,
+    so the caller decides when to synchronise) and the new hidden state."""
+    bf16 = s.get("precision") == "bf16"
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(inputs, detach_hidden(hidden))
+        loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+        penalty = activation_regularization(out, s["alpha"], s["beta"])
     optimizer.zero_grad(set_to_none=True)
-    (loss + activation_regularization(out, s["alpha"], s["beta"])).backward()
+    (loss + penalty).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), s["clip"])
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -1,6 +1,6 @@
 """config.py: what every script needs before it starts: the training recipes (presets),
 flag types that argparse checks, the error for settings that do not make a run, and the
-choice and description of the device.
+choice, description and numeric precision of the device.
 """
 
 import argparse
@@ -21,8 +21,11 @@ PRESETS = {
                  clip=0.25, epochs=40, batch_size=20, bptt=35, variable_bptt=False,
                  alpha=0.0, beta=0.0, wdecay=0.0, schedule="anneal", nonmono=5, seed=1111),
 }
-# Evaluation batch sizes of both recipes: validation at 10, test at 1 as in the paper.
-COMMON = dict(eval_batch_size=10, test_batch_size=1)
+# Settings both recipes share: validation at batch 10 and test at 1 as in the paper; the
+# optimizer; the one-cycle schedule's warm-up fraction and, for a planned run (a budget or
+# --schedule onecycle), the fraction of its steps after which the weights are averaged.
+COMMON = dict(eval_batch_size=10, test_batch_size=1, precision="fp32", optimizer="sgd",
+              warmup=0.3, average_start=0.75, budget_minutes=None)
 
 
 class SettingsError(ValueError):
@@ -83,3 +86,41 @@ def describe_device(device):
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
     return f"{threads} thread{'s' if threads > 1 else ''}"
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def set_precision(precision, device):
+    """Apply --precision: fp32 is IEEE float32 everywhere; tf32 lets matmuls and cuDNN's LSTM
+    use TensorFloat-32 tensor cores (NVIDIA GPUs only); bf16 runs each training step's
+    forward and loss under torch.autocast (bptt.train_step) with IEEE float32 elsewhere.
+    PyTorch's own default lets cuDNN's RNNs use TF32 even in "fp32", so this always sets
+    both switches, for the whole process. Raises SettingsError where the device cannot."""
+    if precision == "tf32" and device.type != "cuda":
+        raise SettingsError("--precision tf32 needs an NVIDIA GPU (TF32 is a tensor-core "
+                            "format); on the CPU use --precision fp32")
+    if precision == "bf16":
+        check_bf16(device)
+    mode = "tf32" if precision == "tf32" else "ieee"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.rnn.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
+
+
+def check_bf16(device):
+    """Run a tiny LSTM step under bf16 autocast, or say why this device cannot."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SettingsError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not "
+                            "support bfloat16; use --precision fp32 (or tf32)")
+    lstm = torch.nn.LSTM(8, 8).to(device)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            lstm(torch.zeros(2, 1, 8, device=device))[0].float().sum().backward()
+    except RuntimeError as e:
+        reason = str(e).strip().split(". ")[0][:160]
+        raise SettingsError(f"--precision bf16: PyTorch cannot run an LSTM in bfloat16 on this "
+                            f"{device.type} ({reason}); use --precision fp32 here (bf16 is "
+                            "meant for GPUs)") from None

@@ -203,6 +203,16 @@ def build_model(config):
     return MODELS[kind](**config)
 
 
+def pack_lstm_weights(module):
+    """Lay every LSTM's weights out as one contiguous block again, as cuDNN's fused kernel
+    wants them. Module.to() does this; copy.deepcopy (as in AveragedModel) does not, and
+    cuDNN would then warn and re-pack the weights on every call. A no-op on the CPU."""
+    for m in module.modules():
+        if isinstance(m, nn.LSTM):
+            m.flatten_parameters()
+    return module
+
+
 def count_parameters(model):
     """Trainable parameters, counting a tied matrix once."""
     return sum(p.numel() for p in model.parameters())

@@ -96,7 +96,7 @@ class RunLog:
         self.epochs_here += 1
         left = self.settings["epochs"] - row["epoch"]
         finish = ""
-        if left > 0:
+        if left > 0 and "out of time" not in row["event"]:
             eta = (time.time() - self.started) / self.epochs_here * left
             limit = "at most " if self.settings.get("finetune") else ""
             finish = f" | {limit}{left} more, ~{duration(eta)}"

@@ -17,16 +17,19 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 
 import checkpoint
 from bptt import evaluate, ppl
 from checkpoint import CheckpointError
-from config import (COMMON, COUNT, DROPOUT, NON_NEGATIVE, POSITIVE, PRESETS, SEED, Parser,
-                    SettingsError, checked, describe_device, pick_device)
+import budget
+from config import (COMMON, COUNT, DROPOUT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, PRESETS,
+                    SEED, Parser, SettingsError, checked, describe_device, pick_device,
+                    set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError
 from model import architecture, count_parameters
 from runlog import RunLog
-from trainer import StopRequest, Trainer, TrainingError
+from trainer import OPTIMIZERS, StopRequest, Trainer, TrainingError
 
 # --- Flags ---------------------------------------------------------------------------------
 
@@ -69,16 +72,34 @@ def parse_args(argv=None):
     preset("alpha", NON_NEGATIVE, "activation regularisation (AR) weight")
     preset("beta", NON_NEGATIVE, "temporal activation regularisation (TAR) weight")
     preset("wdecay", NON_NEGATIVE, "weight decay")
-    p.add_argument("--schedule", choices=("ntasgd", "anneal"), default=None,
+    p.add_argument("--schedule", choices=("ntasgd", "anneal", "onecycle"), default=None,
                    help="ntasgd: switch to weight averaging when validation stalls; anneal: "
-                        "divide lr by 4 when validation does not improve [awd: ntasgd, "
-                        "lstm: anneal]")
+                        "divide lr by 4 when validation does not improve; onecycle: "
+                        "torch's OneCycleLR over the planned steps, peaking at --lr, weights "
+                        "averaged from --average-start [awd: ntasgd, lstm: anneal]")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="torch.optim.SGD or AdamW, with --lr and --wdecay [sgd]")
+    p.add_argument("--warmup", type=FRACTION, default=None,
+                   help=f"onecycle: fraction of the steps spent raising the lr "
+                        f"[{COMMON['warmup']}]")
+    p.add_argument("--average-start", dest="average_start", type=FRACTION, default=None,
+                   help="planned runs (onecycle, or a budget): average the weights from this "
+                        f"fraction of the steps on (ntasgd may start earlier) "
+                        f"[{COMMON['average_start']}]")
+    p.add_argument("--budget-minutes", dest="budget_minutes", type=POSITIVE, default=None,
+                   help="finish training, validation and the test within this wall time: "
+                        "the run measures its speed, plans the epochs that fit (--epochs is "
+                        "the most) and ends early if it falls behind")
     preset("nonmono", COUNT, "NT-ASGD non-monotone interval")
     p.add_argument("--eval-batch-size", dest="eval_batch_size", type=COUNT, default=None,
                    help=f"validation batch size [{COMMON['eval_batch_size']}]")
     p.add_argument("--test-batch-size", dest="test_batch_size", type=COUNT, default=None,
                    help=f"test batch size [{COMMON['test_batch_size']}]")
     preset("seed", SEED, "random seed")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32: IEEE float32; tf32: TensorFloat-32 matmuls and cuDNN LSTMs "
+                        "(NVIDIA GPUs); bf16: training steps under bfloat16 autocast, "
+                        "evaluation in float32 [fp32]")
     p.add_argument("--save", default=None,
                    help="best-model checkpoint path (default checkpoints/<model>.pt; "
                         "<model>-finetune.pt when fine-tuning)")
@@ -105,6 +126,9 @@ def parse_args(argv=None):
 
 # --- The run's settings --------------------------------------------------------------------
 
+RESUMABLE = ("epochs", "data", "precision")  # settings that a resumed run may change
+
+
 def resolve_settings(args):
     """The run's full settings: a preset (fresh run), the saved run (--resume) or the trained
     model's run (--finetune), with the flags given on the command line on top. Returns them
@@ -118,18 +142,19 @@ def resolve_settings(args):
         if args.save and args.save != settings["save"]:
             raise SettingsError(f"--save cannot change when resuming; the run keeps writing "
                                 f"to {settings['save']}")
+        settings = {**COMMON, **settings}  # states from before some settings existed
         for name, value in given.items():
-            if name not in ("epochs", "data") and value != settings.get(name):
+            if name not in RESUMABLE and value != settings.get(name):
                 raise SettingsError(
                     f"--{name} cannot change when resuming ({args.resume} was run with "
-                    f"{settings.get(name)}); only --epochs, --data and the run options "
-                    "(--device, --max-batches, --log-interval) can")
-        settings.update({k: given[k] for k in ("epochs", "data") if k in given})
+                    f"{settings.get(name)}); only --epochs, --data, --precision and the run "
+                    "options (--device, --max-batches, --log-interval) can")
+        settings.update({k: given[k] for k in RESUMABLE if k in given})
         return settings, state
 
     if args.finetune:
         trained = checkpoint.load(args.finetune, kind="model")
-        settings = dict(trained["args"])
+        settings = {**COMMON, **trained["args"]}  # models from before some settings existed
         for name in ("model",) + architecture(settings["model"]):
             if name in given and given[name] != settings.get(name):
                 raise SettingsError(
@@ -155,6 +180,7 @@ def resolve_settings(args):
 
 def train(args, stack):
     """The whole run; what it opens (the run's record) is entered on `stack`."""
+    started = time.time()  # a budget counts from here
     # Set-up: settings, device, the run's record, corpus, the model and its optimizer.
     settings, loaded = resolve_settings(args)
     if args.model and args.model != settings["model"]:
@@ -168,6 +194,7 @@ def train(args, stack):
                     f"{path} exists and a new run would replace it; continue that run "
                     f"with --resume {state_file}, choose another --save, or pass --overwrite")
     device = pick_device(args.device)
+    set_precision(settings["precision"], device)
     log = stack.enter_context(RunLog(settings, args.tensorboard))
     corpus = Corpus(settings["data"])
     if loaded is not None:
@@ -179,7 +206,8 @@ def train(args, stack):
         trainer.load_state(loaded)
 
     n_params = count_parameters(trainer.model)
-    print(f"device: {device.type} ({describe_device(device)}) | model: {settings['model']}, "
+    print(f"device: {device.type} ({describe_device(device)}, {settings['precision']}) | "
+          f"model: {settings['model']}, "
           f"{n_params:,} parameters | vocabulary {len(corpus.dictionary):,} | "
           f"train {len(corpus.train):,} tokens")
     if device.type == "cpu" and n_params > 10_000_000:
@@ -191,6 +219,8 @@ def train(args, stack):
     if args.resume:
         print(f"resuming {args.resume} after epoch {trainer.epoch}"
               + (" (mid-epoch)" if trainer.position else ""))
+    if settings["budget_minutes"] or settings["schedule"] == "onecycle":
+        plan_run(trainer, args, started)
     if args.finetune:
         start = trainer.measure_start()
         print(f"fine-tuning {args.finetune} in averaging mode from valid ppl {ppl(start):.2f}; "
@@ -213,6 +243,30 @@ def train(args, stack):
     else:
         print(f"finished after {trainer.epoch} epochs")
     log.finished(summarize(trainer, test_best_model(trainer, device), stopped=stop.requested))
+
+
+def plan_run(trainer, args, started):
+    """Fix a planned run's schedule: from its measured speed under a budget, from --epochs
+    otherwise; a resumed run keeps its plan and the part of its budget not yet spent."""
+    s = trainer.s
+    if args.resume and trainer.plan is not None:
+        spent = (trainer.metrics[-1].get("elapsed_s", 0.0) if trainer.metrics else 0.0) + \
+            (trainer.position["seconds"] if trainer.position else 0.0)
+    elif s["budget_minutes"]:
+        speed = budget.measure(trainer)
+        plan = budget.plan(60 * s["budget_minutes"], time.time() - started, speed,
+                           trainer.steps_per_epoch(args.max_batches), s["epochs"],
+                           s["average_start"])
+        s["epochs"] = plan["epochs"]
+        trainer.set_plan(plan)
+        print(budget.describe(plan, speed, started))
+        spent = 0.0
+    else:
+        trainer.set_plan(budget.fixed_plan(s["epochs"], trainer.steps_per_epoch(args.max_batches),
+                                           s["average_start"]))
+        return
+    if trainer.plan["train_deadline_s"] is not None:
+        trainer.deadline = started - spent + trainer.plan["train_deadline_s"]
 
 
 def test_best_model(trainer, device):

@@ -17,9 +17,10 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 import checkpoint
-from bptt import evaluate, ppl, progress_bar, sample_seq_len, train_step, windows
+from bptt import (evaluate, mean_seq_len, ppl, progress_bar, sample_seq_len, train_step,
+                  windows)
 from data import batchify
-from model import build_model, detach_hidden, map_hidden, model_config
+from model import build_model, detach_hidden, map_hidden, model_config, pack_lstm_weights
 
 # Like the reference code, an epoch leaves out a last window of a single target.
 MIN_WINDOW = 2
@@ -59,6 +60,45 @@ class StopRequest:
                    "(Ctrl-C again aborts at once)")
 
 
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
+
+def make_optimizer(settings, parameters):
+    """torch.optim's SGD or AdamW at the run's lr and weight decay."""
+    return OPTIMIZERS[settings.get("optimizer", "sgd")](
+        parameters, lr=settings["lr"], weight_decay=settings["wdecay"])
+
+
+class RunningAverage(AveragedModel):
+    """NT-ASGD's uniform average of the weights after every step since it started.
+
+    torch's AveragedModel.update_parameters reads its step counter, a tensor, on the host
+    and copies it to the GPU on every call: two waits for the GPU per training step. This
+    subclass keeps the count as a Python int (mirrored into the n_averaged buffer, so the
+    state_dict is AveragedModel's) and updates each weight in place with lerp_, which
+    computes the same mean: avg += (w - avg) / (n + 1)."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        pack_lstm_weights(self.module)
+        self.count = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model):
+        for averaged, current in zip(self.module.parameters(), model.parameters()):
+            if self.count == 0:
+                averaged.copy_(current)
+            else:
+                averaged.lerp_(current, 1.0 / (self.count + 1))
+        self.count += 1
+        self.n_averaged.fill_(self.count)
+
+    def load_state_dict(self, state_dict, strict=True):
+        result = super().load_state_dict(state_dict, strict)
+        self.count = int(self.n_averaged)  # one read, when a run resumes
+        return result
+
+
 class Trainer:
     """One training run: model, optimizer, NT-ASGD average and the bookkeeping that a
     training state saves and restores. `settings` is the run's full settings dict."""
@@ -71,11 +111,14 @@ class Trainer:
         self.model = build_model(model_config(s, len(corpus.dictionary))).to(device)
         if weights is not None:  # fine-tuning starts from a trained model's weights
             self.model.load_state_dict(weights)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=s["lr"],
-                                         weight_decay=s["wdecay"])
+        self.optimizer = make_optimizer(s, self.model.parameters())
+        self.plan = None  # budget.plan's schedule (a budget or --schedule onecycle)
+        self.scheduler = None  # OneCycleLR under --schedule onecycle
+        self.deadline = None  # time.time() by which training must stop (a budget)
+        self.out_of_time = False
         self.rng = np.random.default_rng(s["seed"])  # variable BPTT lengths
         self.train_data = batchify(corpus.train, s["batch_size"]).to(device)
-        self.averaged = None  # AveragedModel from the NT-ASGD switch (or fine-tuning) on
+        self.averaged = None  # RunningAverage from the NT-ASGD switch (or fine-tuning) on
         self.lr = s["lr"]
         self.epoch = 0  # epochs completed
         self.position = None  # where an interrupted epoch stopped
@@ -86,7 +129,7 @@ class Trainer:
         self.done = False  # fine-tuning ended at its trigger
         self.resumed = False  # restored from a state, until the next epoch ends
         if s["finetune"]:
-            self.averaged = AveragedModel(self.model)
+            self.averaged = RunningAverage(self.model)
 
     @property
     def eval_model(self):
@@ -115,19 +158,25 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), lr=self.lr, epoch=self.epoch,
             position=self.position, valid_history=self.valid_history,
             best_valid_loss=self.best_valid_loss, metrics=self.metrics, steps=self.steps,
-            done=self.done, rng=rng)
+            done=self.done, plan=self.plan,
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            rng=rng)
 
     def load_state(self, state):
         self.model.load_state_dict(state["model"])
         if state["averaged"] is not None:
-            self.averaged = AveragedModel(self.model)
+            self.averaged = RunningAverage(self.model)
             self.averaged.load_state_dict(state["averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr, self.epoch, self.valid_history = (
             state["lr"], state["epoch"], state["valid_history"])
         self.best_valid_loss, self.metrics, self.done = (
             state["best_valid_loss"], state["metrics"], state["done"])
-        self.steps = state.get("steps", 0)  # states written before it existed lack it
+        self.steps = state.get("steps", 0)  # states written before these existed lack them
+        if state.get("plan") is not None:
+            self.set_plan(state["plan"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
         self.resumed = True
         self.position = state["position"]
         if self.position is not None:
@@ -137,6 +186,28 @@ class Trainer:
         if state["rng"]["cuda"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
+
+    def steps_per_epoch(self, max_batches=None):
+        """Training steps of one full epoch (an estimate under variable BPTT), at most
+        `max_batches`."""
+        mean_len = mean_seq_len(self.s["bptt"]) if self.s["variable_bptt"] else self.s["bptt"]
+        expected = math.ceil((self.train_data.size(0) - MIN_WINDOW) / mean_len)
+        return min(expected, max_batches) if max_batches else expected
+
+    def set_plan(self, plan):
+        """Fix the run's schedule (budget.plan): epochs, steps per epoch, the averaging
+        start, and for --schedule onecycle the learning-rate cycle over the planned steps."""
+        self.plan = plan
+        if self.s["schedule"] == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=self.s["lr"], total_steps=max(plan["total_steps"], 1),
+                pct_start=self.s["warmup"],
+                cycle_momentum=isinstance(self.optimizer, torch.optim.AdamW))
+
+    def averaging_due(self):
+        """A planned run averages from its planned step (NT-ASGD may start it earlier)."""
+        return (self.plan is not None and self.s["schedule"] != "anneal"
+                and self.steps >= self.plan["average_from"])
 
     def measure_start(self):
         """Fine-tuning: the validation loss of the starting weights, which an epoch must beat
@@ -166,17 +237,21 @@ class Trainer:
         loss_sum = torch.tensor(pos["loss_sum"], dtype=torch.float64, device=self.device)
         tokens, started = pos["tokens"], time.time() - pos["seconds"]
         seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
-        mean_len = s["bptt"] * (0.975 if s["variable_bptt"] else 1)  # 0.95 * bptt + 0.05 * bptt/2
-        expected = math.ceil((data.size(0) - 2) / mean_len)
-        total = min(expected, max_batches) if max_batches else expected
-        bar = progress_bar(total=total, initial=batches, desc=f"epoch {self.epoch + 1}",
-                           unit="batch")
+        if self.plan is not None:
+            max_batches = self.plan["batches_per_epoch"]
+        bar = progress_bar(total=self.steps_per_epoch(max_batches), initial=batches,
+                           desc=f"epoch {self.epoch + 1}", unit="batch")
         left = None if max_batches is None else max(max_batches - batches, 0)
         at_end = False
         for row, inputs, targets in itertools.islice(
                 windows(data, seq_len, start=row, min_len=MIN_WINDOW), left):
-            lr = self.lr * inputs.size(0) / s["bptt"]  # a short window takes a smaller step
+            base_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.lr
+            lr = base_lr * inputs.size(0) / s["bptt"]  # a short window takes a smaller step
             loss, hidden = train_step(model, self.optimizer, inputs, targets, hidden, lr, s)
+            if self.scheduler is not None and self.steps + 1 < self.scheduler.total_steps:
+                self.scheduler.step()
+            if self.averaged is None and self.averaging_due():
+                self.averaged = RunningAverage(model)
             if self.averaged is not None:
                 self.averaged.update_parameters(model)
             loss_sum += loss.double() * targets.numel()
@@ -186,6 +261,8 @@ class Trainer:
             self.steps += 1
             bar.update(1)
             at_end = data.size(0) - 1 - row < MIN_WINDOW or batches == max_batches
+            if self.deadline is not None and time.time() >= self.deadline:
+                self.out_of_time = at_end = True  # a budget: end the epoch here
             if batches % log_interval == 0 or at_end or stop.requested:
                 mean_loss = loss_sum.item() / tokens  # the one host sync, every log_interval
                 if not math.isfinite(mean_loss):
@@ -197,10 +274,10 @@ class Trainer:
                         "--lr or --clip")
                 tokens_per_s = tokens / max(time.time() - started, 1e-9)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}",
-                                lr=f"{self.lr:g}", tok_s=f"{tokens_per_s:,.0f}")
+                                lr=f"{base_lr:g}", tok_s=f"{tokens_per_s:,.0f}")
                 if on_progress is not None:
-                    on_progress(self.steps, mean_loss, self.lr, tokens_per_s)
-            if stop.requested:
+                    on_progress(self.steps, mean_loss, base_lr, tokens_per_s)
+            if stop.requested or self.out_of_time:
                 break
         bar.close()
         self.position = dict(index=row, batches=batches, loss_sum=loss_sum.item(),
@@ -213,7 +290,9 @@ class Trainer:
     def end_epoch(self, train_loss):
         """Validate, save the best model, apply the schedule; returns the epoch's metrics row."""
         s = self.s
-        seconds, epoch_lr, validation_started = self.position["seconds"], self.lr, time.time()
+        seconds, validation_started = self.position["seconds"], time.time()
+        # the lr of the epoch (under onecycle: where the cycle stands at its end)
+        epoch_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.lr
         valid_loss = evaluate(self.eval_model, self.corpus.valid, s["eval_batch_size"],
                               s["bptt"], progress="validating")
         if not math.isfinite(valid_loss):
@@ -231,11 +310,14 @@ class Trainer:
             self.done = True
             event = "fine-tuning done"
         elif s["schedule"] == "ntasgd" and self.averaged is None and trigger:
-            self.averaged = AveragedModel(self.model)  # averages the iterates from here on
+            self.averaged = RunningAverage(self.model)  # averages the iterates from here on
             event = "switch to ASGD"
         elif s["schedule"] == "anneal" and event != "saved":
             self.lr /= 4
             event = "lr / 4"
+        if self.out_of_time:
+            self.done = True
+            event = "out of time" + (f"; {event}" if event else "")
         self.valid_history.append(valid_loss)
         # Wall time of the run so far: training and validation of every epoch (not the
         # time a stopped run spent waiting for its resume).

@@ -1,8 +1,12 @@
-"""Tests of config.py: flag types refuse what makes no run, in one line naming the flag."""
+"""Tests of config.py: flag types refuse what makes no run, in one line naming the flag;
+the precision switch."""
 
 import pytest
+import torch
 
-from config import COUNT, DROPOUT, POSITIVE, PRESETS, SEED, Parser
+from bptt import train_step
+from config import COUNT, DROPOUT, POSITIVE, PRESETS, SEED, Parser, SettingsError, set_precision
+from model import build_model
 
 
 def parse(kind, text):
@@ -39,3 +43,32 @@ def test_other_parse_errors_are_one_line_too():
 
 def test_presets_share_their_keys():
     assert set(PRESETS["lstm"]) <= set(PRESETS["awd"])
+
+
+def test_tf32_on_the_cpu_says_why_not():
+    with pytest.raises(SettingsError, match="tf32 needs an NVIDIA GPU"):
+        set_precision("tf32", torch.device("cpu"))
+
+
+def test_bf16_on_the_cpu_trains_or_says_why_not():
+    """Whether a CPU runs bf16 LSTMs depends on it (oneDNN needs bf16 instructions)."""
+    try:
+        set_precision("bf16", torch.device("cpu"))
+    except SettingsError as e:
+        assert "--precision bf16" in str(e) and "use --precision fp32" in str(e)
+        return
+    torch.manual_seed(0)
+    model = build_model(dict(model="awd", ntoken=20, emsize=8, nhid=8, nlayers=2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    s = dict(PRESETS["awd"], precision="bf16")
+    tokens = torch.randint(0, 20, (6, 2))
+    loss, _ = train_step(model, optimizer, tokens, tokens, model.init_hidden(2), 1.0, s)
+    assert torch.isfinite(loss) and next(model.parameters()).dtype == torch.float32
+
+
+def test_fp32_turns_tf32_off_where_pytorch_leaves_it_on():
+    set_precision("fp32", torch.device("cpu"))
+    if hasattr(torch.backends.cudnn, "rnn"):  # torch >= 2.9
+        assert torch.backends.cudnn.rnn.fp32_precision == "ieee"
+    else:
+        assert not torch.backends.cudnn.allow_tf32

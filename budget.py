@@ -1,0 +1,127 @@
+"""budget.py: fit a training run into a wall-clock budget (train.py --budget-minutes).
+
+Before the first batch the run measures itself on throwaway copies (the model, optimizer
+and random-number state it will train with are left untouched): seconds per training step,
+and seconds for one validation pass and for the final test pass. `plan` then fixes the
+number of epochs whose training and validation fit, after the test and a safety margin,
+and the step from which the weights are averaged. The plan is printed and kept in the
+training state; if the run still falls behind (a slower machine, a busy GPU), the trainer
+ends the epoch early at the deadline, so that validation, the saved model and the test
+still finish inside the budget.
+"""
+
+import copy
+import itertools
+import math
+import os
+import time
+
+import torch
+
+import checkpoint
+from bptt import evaluate, train_step, windows
+from trainer import make_optimizer
+
+# Part of the budget kept free for what the measurements cannot see (the first CUDA
+# kernels, jitter): 3% of it, at least 2 seconds. Epochs also cost a little more than
+# their measured parts (Python around the loop, the metrics file): 3% measured on tiny
+# CPU runs, where that overhead weighs most.
+MARGIN_FRACTION, MARGIN_MIN_S, EPOCH_OVERHEAD = 0.03, 2.0, 1.03
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(trainer, warmup=2, steps=20):
+    """Seconds per training step, per validation pass, per test pass and for the checkpoint
+    writes of an epoch, measured on copies of the trainer's model and optimizer (and a
+    probe file, removed); the RNG states are restored afterwards."""
+    s, device = trainer.s, trainer.device
+    rng_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    model = copy.deepcopy(trainer.model).train()
+    optimizer = make_optimizer(s, model.parameters())
+    batches = windows(trainer.train_data, s["bptt"])
+    hidden = model.init_hidden(s["batch_size"])
+
+    def run(n):
+        nonlocal hidden
+        for _, inputs, targets in itertools.islice(batches, n):
+            _, hidden = train_step(model, optimizer, inputs, targets, hidden, s["lr"], s)
+        synchronize(device)
+
+    run(warmup)
+    started = time.perf_counter()
+    run(steps)
+    step_s = (time.perf_counter() - started) / steps
+
+    def pass_seconds(data, batch_size):
+        # Time a slice of about 8 windows and scale to the split; evaluate's own first
+        # call pays for warm-up, so take the second of two.
+        part = data[: batch_size * s["bptt"] * 8 + 1]
+        for _ in range(2):
+            started = time.perf_counter()
+            evaluate(model, part, batch_size, s["bptt"])
+            synchronize(device)
+        return (time.perf_counter() - started) * len(data) / len(part)
+
+    valid_s = pass_seconds(trainer.corpus.valid, s["eval_batch_size"])
+    test_s = pass_seconds(trainer.corpus.test, s["test_batch_size"])
+    # Every epoch writes the training state, and the model when it improves.
+    probe = f"{trainer.model_path}.budget-probe{os.getpid()}"
+    started = time.perf_counter()
+    try:
+        checkpoint.save(probe, trainer.state())
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
+    save_s = 1.5 * (time.perf_counter() - started)
+    torch.set_rng_state(rng_state)
+    if cuda_state is not None:
+        torch.cuda.set_rng_state_all(cuda_state)
+    return dict(step_s=step_s, valid_s=valid_s, test_s=test_s, save_s=save_s)
+
+
+def plan(budget_s, spent_s, speed, steps_per_epoch, max_epochs, average_start):
+    """The schedule that fits: {"epochs", "batches_per_epoch", "total_steps", "average_from",
+    "train_deadline_s"}. Times are seconds from the run's start; `spent_s` have passed.
+
+    Whole epochs of `steps_per_epoch` steps plus a validation each, then the test pass,
+    inside `budget_s` less a margin; if not even one epoch fits, one shortened epoch.
+    Averaging starts at step `average_start * total_steps` (average_start in [0, 1])."""
+    margin = max(MARGIN_FRACTION * budget_s, MARGIN_MIN_S)
+    available = budget_s - spent_s - speed["test_s"] - margin
+    epoch_s = EPOCH_OVERHEAD * (steps_per_epoch * speed["step_s"] + speed["valid_s"]
+                                + speed["save_s"])
+    epochs = min(max_epochs, math.floor(available / epoch_s)) if epoch_s > 0 else max_epochs
+    batches = steps_per_epoch
+    if epochs < 1:  # a shortened epoch: as many steps as fit before one validation
+        epochs = 1
+        batches = max(1, math.floor((available - speed["valid_s"] - speed["save_s"])
+                                    / speed["step_s"]))
+        batches = min(batches, steps_per_epoch)
+    # Training must stop by the deadline to leave time for a validation and the test.
+    return fixed_plan(epochs, batches, average_start, budget_s=budget_s,
+                      train_deadline_s=budget_s - margin - speed["test_s"] - speed["valid_s"]
+                      - speed["save_s"])
+
+
+def fixed_plan(epochs, steps_per_epoch, average_start, budget_s=None, train_deadline_s=None):
+    """The plan of a run without a budget (--schedule onecycle): its epochs as given."""
+    total = epochs * steps_per_epoch
+    return dict(epochs=epochs, batches_per_epoch=steps_per_epoch, total_steps=total,
+                average_from=math.floor(average_start * total), budget_s=budget_s,
+                train_deadline_s=train_deadline_s)
+
+
+def describe(p, speed, started_at):
+    """The plan as the lines train.py prints."""
+    end = time.strftime("%H:%M:%S", time.localtime(started_at + p["budget_s"]))
+    return (f"budget {p['budget_s'] / 60:g} min: measured {speed['step_s'] * 1000:.1f} ms per "
+            f"step, {speed['valid_s']:.1f} s per validation, {speed['save_s']:.2f} s of "
+            f"checkpoint writes per epoch, {speed['test_s']:.1f} s for the test\nplan: {p['epochs']} epochs of {p['batches_per_epoch']:,} steps "
+            f"({p['total_steps']:,} steps), averaging from step {p['average_from']:,}; "
+            f"training stops by {p['train_deadline_s'] / 60:.1f} min at the latest; the "
+            f"run ends by {end}")

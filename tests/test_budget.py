@@ -1,0 +1,124 @@
+"""Tests of budget.py and of planned runs: the plan's arithmetic, measuring leaves the run
+untouched, a budget ends on time with a tested model, one-cycle runs resume exactly."""
+
+import csv
+import json
+import math
+import time
+
+import pytest
+import torch
+
+import budget
+import checkpoint
+import train
+import trainer as trainer_module
+from config import COMMON, PRESETS
+from data import Corpus
+
+SPEED = dict(step_s=0.1, valid_s=2.0, test_s=5.0, save_s=0.5)
+
+
+def test_the_plan_fits_whole_epochs_after_the_test_and_a_margin():
+    p = budget.plan(600.0, 10.0, SPEED, steps_per_epoch=100, max_epochs=750, average_start=0.75)
+    margin = max(budget.MARGIN_FRACTION * 600, budget.MARGIN_MIN_S)
+    epoch_s = budget.EPOCH_OVERHEAD * (100 * 0.1 + 2.0 + 0.5)
+    assert p["epochs"] == math.floor((600 - 10 - 5 - margin) / epoch_s)
+    assert p["epochs"] * epoch_s + 10 + 5 <= 600
+    assert p["total_steps"] == 100 * p["epochs"]
+    assert p["average_from"] == math.floor(0.75 * p["total_steps"])
+    assert p["train_deadline_s"] == 600 - margin - 5.0 - 2.0 - 0.5
+
+
+def test_the_plan_never_exceeds_the_epochs_asked_for_and_shortens_one_that_does_not_fit():
+    assert budget.plan(600.0, 0.0, SPEED, 100, max_epochs=3, average_start=0.5)["epochs"] == 3
+    short = budget.plan(20.0, 0.0, SPEED, steps_per_epoch=1000, max_epochs=10, average_start=0.5)
+    assert short["epochs"] == 1
+    assert short["batches_per_epoch"] == math.floor((20 - 2.0 - 5 - 2.0 - 0.5) / 0.1)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    line = "a b c d e f g h i j k l\n"
+    for name, repeat in (("train.txt", 60), ("valid.txt", 10), ("test.txt", 10)):
+        (tmp_path / name).write_text(line * repeat)
+    return str(tmp_path)
+
+
+def test_measuring_leaves_the_model_and_the_random_state_untouched(corpus, tmp_path):
+    settings = {**PRESETS["awd"], **COMMON, "emsize": 8, "nhid": 12, "batch_size": 4,
+                "bptt": 10, "model": "awd", "finetune": None, "save": str(tmp_path / "m.pt")}
+    trainer = trainer_module.Trainer(settings, Corpus(corpus), torch.device("cpu"))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    speed = budget.measure(trainer)
+    assert all(speed[k] > 0 for k in ("step_s", "valid_s", "test_s", "save_s"))
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["train.txt", "valid.txt", "test.txt"])  # the probe checkpoint is gone
+
+
+TINY = ["--model", "awd", "--emsize", "16", "--nhid", "24", "--batch_size", "4", "--bptt", "8"]
+
+
+def test_a_budget_ends_on_time_with_a_tested_model(corpus, tmp_path, capsys):
+    budget_minutes = 0.15
+    started = time.time()
+    train.main(TINY + ["--data", corpus, "--budget-minutes", str(budget_minutes),
+                       "--schedule", "onecycle", "--save", str(tmp_path / "b.pt")])
+    elapsed = time.time() - started
+    out = capsys.readouterr().out
+    assert "plan: " in out and "averaging from step" in out
+    assert elapsed <= 60 * budget_minutes + 1.0  # in-process: set-up is inside the budget
+    summary = json.load(open(tmp_path / "b.json"))
+    assert summary["test_ppl"] is not None and summary["epochs"] >= 1
+    state = checkpoint.load(str(tmp_path / "b.state.pt"), kind="state")
+    assert state["averaged"] is not None  # the final model is the averaged one
+    assert state["plan"]["epochs"] >= summary["epochs"]
+
+
+def test_onecycle_follows_torchs_schedule_and_averages_from_the_planned_step(corpus, tmp_path):
+    train.main(TINY + ["--data", corpus, "--schedule", "onecycle", "--optimizer", "adamw",
+                       "--lr", "0.01", "--epochs", "4", "--average-start", "0.5",
+                       "--no-variable-bptt",
+                       "--save", str(tmp_path / "c.pt")])
+    state = checkpoint.load(str(tmp_path / "c.state.pt"), kind="state")
+    plan = state["plan"]
+    assert plan["total_steps"] == 4 * plan["batches_per_epoch"]
+    assert state["scheduler"]["total_steps"] == plan["total_steps"]
+    assert state["averaged"]["n_averaged"].item() == state["steps"] - plan["average_from"]
+    lrs = [float(r["lr"]) for r in csv_rows(tmp_path / "c.csv")]
+    assert max(lrs) <= 0.01 and lrs[-1] < 0.01 / 100  # annealed to near zero at the end
+
+
+def csv_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_onecycle_run_stopped_mid_epoch_resumes_exactly(corpus, tmp_path, monkeypatch):
+    common = TINY + ["--data", corpus, "--schedule", "onecycle", "--epochs", "4",
+                     "--variable-bptt"]
+    train.main(common + ["--save", str(tmp_path / "straight.pt")])
+    original, calls = trainer_module.Trainer.train_epoch, []
+
+    def stop_in_epoch_three(self, stop, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            stop.requested = True  # as Ctrl-C: one more batch, then the state is saved
+        return original(self, stop, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop_in_epoch_three)
+    train.main(common + ["--save", str(tmp_path / "split.pt")])
+    monkeypatch.undo()
+    stopped = checkpoint.load(str(tmp_path / "split.state.pt"), kind="state")
+    assert stopped["epoch"] == 2 and stopped["position"] is not None
+    train.main(["--resume", str(tmp_path / "split.state.pt")])
+    a = checkpoint.load(str(tmp_path / "straight.state.pt"), kind="state")
+    b = checkpoint.load(str(tmp_path / "split.state.pt"), kind="state")
+    for key in ("model", "averaged"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
