@@ -20,6 +20,7 @@ import torch
 
 import checkpoint
 from bptt import evaluate, train_step, windows
+from runlog import plural
 from trainer import make_optimizer
 
 # Part of the budget kept free for what the measurements cannot see (the first CUDA
@@ -121,7 +122,8 @@ def describe(p, speed, started_at):
     end = time.strftime("%H:%M:%S", time.localtime(started_at + p["budget_s"]))
     return (f"budget {p['budget_s'] / 60:g} min: measured {speed['step_s'] * 1000:.1f} ms per "
             f"step, {speed['valid_s']:.1f} s per validation, {speed['save_s']:.2f} s of "
-            f"checkpoint writes per epoch, {speed['test_s']:.1f} s for the test\nplan: {p['epochs']} epochs of {p['batches_per_epoch']:,} steps "
+            f"checkpoint writes per epoch, {speed['test_s']:.1f} s for the test\n"
+            f"plan: {plural(p['epochs'], 'epoch')} of {plural(p['batches_per_epoch'], 'step')} "
             f"({p['total_steps']:,} steps), averaging from step {p['average_from']:,}; "
             f"training stops by {p['train_deadline_s'] / 60:.1f} min at the latest; the "
             f"run ends by {end}")

@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts, so that it loads with
 torch.load(..., weights_only=True) on any PyTorch version. Two kinds, both with
     format "lstm-lm", version, kind, config (the model's plain-dict configuration),
-    vocab (list of words, id order), args (the training settings)
+    vocab (list of words, id order), args (the training settings), provenance (where
+    the run came from: provenance.py's records, one per start or resume)
 - kind "model": `model` holds the weights to evaluate and sample from (the averaged
   weights once NT-ASGD has switched); written by train.py at `--save`.
 - kind "state": everything train.py needs to continue a run exactly (raw and averaged
@@ -17,8 +18,9 @@ import zipfile
 
 import torch
 
+import provenance
 from data import Vocabulary
-from model import build_model
+from model import build_model, count_parameters
 
 FORMAT = "lstm-lm"
 VERSION = 1
@@ -80,27 +82,104 @@ def load(path, kind=None):
     if checkpoint.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {checkpoint.get('version')}; "
                               f"this code reads version {VERSION}")
-    if kind == "model" and checkpoint["kind"] == "state":
+    if kind == "model" and checkpoint.get("kind") == "state":
         raise CheckpointError(
             f"{path} is a training state, for train.py --resume; pass the model checkpoint "
             "saved beside it (the --save path, e.g. checkpoints/awd.pt)")
-    if kind == "state" and checkpoint["kind"] != "state":
+    if kind == "state" and checkpoint.get("kind") != "state":
         raise CheckpointError(
             f"{path} is a model checkpoint without training state; resume from "
             f"{state_path(path)}, or fine-tune it with --finetune {path}")
+    check_contents(path, checkpoint)
     return checkpoint
+
+
+# What each kind of checkpoint holds besides the header (format, version, kind).
+CONTENTS = {
+    "model": ("config", "vocab", "args", "model", "epoch", "valid_loss", "valid_ppl"),
+    "state": ("config", "vocab", "args", "model", "averaged", "optimizer", "lr", "epoch",
+              "position", "valid_history", "best_valid_loss", "metrics", "done", "rng"),
+}
+
+
+def check_contents(path, checkpoint):
+    """Refuse a checkpoint whose parts are missing or of the wrong kind (one edited by hand,
+    or damaged) with a message, before any code trips over it."""
+    kind = checkpoint.get("kind")
+    if kind not in CONTENTS:
+        raise CheckpointError(f"{path} has an unknown checkpoint kind {kind!r}")
+    missing = [key for key in CONTENTS[kind] if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: it was changed after "
+                              "train.py wrote it, or is damaged")
+    config, vocab = checkpoint["config"], checkpoint["vocab"]
+    if not isinstance(config, dict) or not isinstance(checkpoint["args"], dict):
+        raise CheckpointError(f"{path}: its config and args must be dicts")
+    if not (isinstance(vocab, list) and all(isinstance(w, str) for w in vocab)):
+        raise CheckpointError(f"{path}: its vocab must be a list of words")
+    if config.get("ntoken") != len(vocab):
+        raise CheckpointError(f"{path}: its config says {config.get('ntoken')} words but its "
+                              f"vocab holds {len(vocab)}")
+    weights = checkpoint["model"]
+    if not (isinstance(weights, dict) and all(isinstance(t, torch.Tensor)
+                                              for t in weights.values())):
+        raise CheckpointError(f"{path}: its model must map parameter names to tensors")
+    numbers = [key for key in ("epoch", "valid_loss", "valid_ppl", "best_valid_loss")
+               if key in checkpoint and not isinstance(checkpoint[key], (int, float))]
+    if numbers:
+        raise CheckpointError(f"{path}: its {', '.join(numbers)} must be numbers")
+    entries = checkpoint.get("provenance", [])  # older checkpoints have none
+    if not (isinstance(entries, list) and all(
+            isinstance(e, dict) and set(provenance.KEYS) <= set(e) for e in entries)):
+        raise CheckpointError(f"{path}: its provenance must be a list of records with "
+                              f"{', '.join(provenance.KEYS)}")
+
+
+def one_line(error):
+    return " ".join(str(error).split())[:240]
+
+
+def build(path, checkpoint):
+    """The model a checkpoint describes, with its weights loaded; a configuration that
+    builds no model, weights that do not fit it or that are not finite (a run that
+    diverged) become a CheckpointError."""
+    try:
+        model = build_model(checkpoint["config"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its stored configuration does not make a model "
+                              f"({one_line(e)})") from None
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: the weights do not fit the stored configuration "
+                              f"({one_line(e)})") from None
+    broken = [name for name, t in checkpoint["model"].items()
+              if t.is_floating_point() and not torch.isfinite(t).all()]
+    if broken:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in "
+                              f"{', '.join(broken[:3])}): it was saved from a run that "
+                              "diverged and cannot be used")
+    return model
+
+
+def describe(path, checkpoint):
+    """What --info prints: the model, how far it was trained, its settings and provenance."""
+    try:
+        n_params = f"{count_parameters(build_model(checkpoint['config'])):,} parameters"
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        n_params = "a configuration that builds no model"
+    lines = [f"{path}: {checkpoint['kind']} checkpoint of a {checkpoint['config'].get('model')} "
+             f"model, {n_params}, vocabulary {len(checkpoint['vocab']):,}, "
+             f"after epoch {checkpoint['epoch']}"
+             + (f", valid ppl {checkpoint['valid_ppl']:.2f}" if "valid_ppl" in checkpoint else "")]
+    lines.append("settings: " + " ".join(f"{k}={v}" for k, v in sorted(checkpoint["args"].items())))
+    return lines + provenance.describe(checkpoint.get("provenance", []))
 
 
 def load_model(path, device="cpu"):
     """(model in eval mode on `device`, its Vocabulary, the checkpoint dict)."""
     checkpoint = load(path, kind="model")
-    try:
-        model = build_model(checkpoint["config"])
-        model.load_state_dict(checkpoint["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: the weights do not fit the stored configuration "
-                              f"({str(e).splitlines()[0][:200]})") from None
-    return model.to(device).eval(), Vocabulary(checkpoint["vocab"]), checkpoint
+    return build(path, checkpoint).to(device).eval(), Vocabulary(checkpoint["vocab"]), checkpoint
 
 
 def check_vocabulary(checkpoint_path, vocab_words, corpus):

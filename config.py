@@ -5,7 +5,9 @@ choice, description and numeric precision of the device.
 
 import argparse
 import math
+import os
 import re
+import sys
 
 import torch
 
@@ -42,7 +44,9 @@ def checked(kind, test, requirement):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must {requirement} (got {text!r})") from None
-        if not (math.isfinite(value) and test(value)):
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+        if not test(value):
             raise argparse.ArgumentTypeError(f"must {requirement} (got {text})")
         return value
 
@@ -58,9 +62,37 @@ FRACTION = checked(float, lambda v: 0 <= v <= 1, "be in [0, 1]")
 SEED = checked(int, lambda v: 0 <= v < 2**32, "be in [0, 2**32)")
 
 
+def check_output_file(path, flag):
+    """Refuse an output file that cannot be written, before any work is done."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise SettingsError(f"{flag} {path}: the directory {directory} does not exist; create "
+                            "it or choose another path")
+    if os.path.isdir(path):
+        raise SettingsError(f"{flag} {path} is a directory; give a file name")
+    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise SettingsError(f"{flag} {path} cannot be written (permission denied)")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with errors as one line on stderr ("error: --lr must be positive (got -1)")
-    and exit status 1, like every other refusal of these scripts."""
+    and exit status 1, like every other refusal of these scripts; and every flag accepted
+    with dashes or underscores (--batch_size and --batch-size), help showing the one
+    spelling each flag was declared with."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        known = self._option_string_actions  # every declared "--flag" spelling
+        respelled = []
+        for arg in args:
+            flag, equals, value = arg.partition("=")
+            if flag.startswith("--") and flag not in known:
+                for other in (flag.replace("_", "-"), "--" + flag[2:].replace("-", "_")):
+                    if other in known:
+                        flag = other
+                        break
+            respelled.append(flag + equals + value)
+        return super().parse_known_args(respelled, namespace)
 
     def error(self, message):
         # argparse writes "argument --lr: must be ..."; the flag reads better as the subject.

@@ -11,6 +11,7 @@ The file also holds the WikiText-style tokenizer for free text (`tokenize`) and 
 inverse (`detokenize`), which generate.py uses for prompts and for readable output.
 """
 
+import hashlib
 import os
 import re
 import sys
@@ -61,8 +62,9 @@ class Vocabulary:
         return [self.idx2word[int(i)] for i in ids]
 
 
-def read_tokens(path):
-    """The tokens of one split file: each line's words plus `<eos>`."""
+def read_split(path):
+    """The tokens of one split file (each line's words plus `<eos>`) and the sha256 of its
+    bytes, which checkpoints record so that a model's data can be recognised later."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -81,7 +83,7 @@ def read_tokens(path):
     for line in lines:
         tokens.extend(line.split())
         tokens.append(EOS)
-    return tokens
+    return tokens, hashlib.sha256(raw).hexdigest()
 
 
 def split_paths(path):
@@ -107,13 +109,15 @@ class Corpus:
 
     The vocabulary is built from the training split (plus `<unk>` if it lacks one);
     words of the validation and test splits outside it are mapped to `<unk>`, and
-    how many were mapped is printed once.
+    how many were mapped is printed once. `sha256` maps each split to its file's digest.
     """
 
     def __init__(self, path):
         self.path = path
         paths = split_paths(path)
-        tokens = {split: read_tokens(paths[split]) for split in SPLITS}
+        tokens, self.sha256 = {}, {}
+        for split in SPLITS:
+            tokens[split], self.sha256[split] = read_split(paths[split])
         self.dictionary = Vocabulary(tokens["train"])
         self.dictionary.add(UNK)
         self.unk_replaced = {}

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import provenance
 from bptt import evaluate, ppl, progress_bar, scored_targets, target_log_probs, windows
 from checkpoint import CheckpointError
 from config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Parser, SettingsError, pick_device
@@ -49,7 +50,8 @@ def cache_distribution(p_model, history_states, history_words, state, theta, lam
 class CachePointer:
     """Scores a split segment by segment (as bptt.evaluate's on_segment) under the cache
     mixture, for a whole grid of (theta, lambda) at once. Each batch column is its own text
-    with its own cache of the last `window` pairs (h_i, x_(i+1)). Only the target's probability is needed:
+    with its own cache of the last `window` pairs (h_i, x_(i+1)). Only the target's
+    probability is needed:
         p(x_(t+1)) = lambda * sum_i attn_i [x_(i+1) = x_(t+1)] + (1 - lambda) * p_model,
     and the dot products <h_i, h_t> serve every theta. Memory stays bounded by the window."""
 
@@ -183,6 +185,9 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=COUNT, default=1, help="the paper evaluates test at 1")
     p.add_argument("--bptt", type=COUNT, default=70, help="tokens per forward pass")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--info", action="store_true",
+                   help="print how the checkpoint was trained (settings, command, commit, "
+                        "versions, device, data) and exit")
     g = p.add_argument_group("continuous cache pointer")
     g.add_argument("--cache", action="store_true", help="mix in the cache pointer")
     g.add_argument("--window", type=COUNT, default=3785, help="cache size W")
@@ -271,14 +276,30 @@ def run_dynamic(args, model, corpus, data, count):
 
 
 def run(args):
+    if args.info:
+        print("\n".join(checkpoint.describe(args.checkpoint, checkpoint.load(args.checkpoint))))
+        return
     device = pick_device(args.device)
     model, _, saved = checkpoint.load_model(args.checkpoint, device)
     corpus = Corpus(args.data or saved["args"].get("data") or DEFAULT_DATA)
     checkpoint.check_vocabulary(args.checkpoint, saved["vocab"], corpus)
+    differs = provenance.data_differs(saved.get("provenance", []), corpus, args.split)
+    if differs:
+        print(differs, file=sys.stderr)
     data = getattr(corpus, args.split)
+    needs = [(args.split, "--batch_size", args.batch_size)]
+    if args.tune_cache or args.tune_dynamic:
+        needs.append(("valid", "--batch_size", args.batch_size))
+    if args.dynamic or args.tune_dynamic:
+        needs.append(("train", "--dyn-stat-batch-size", args.dyn_stat_batch_size))
+    for split, flag, batch in needs:
+        tokens = len(getattr(corpus, split))
+        if tokens // batch < 2:
+            raise SettingsError(f"{flag} {batch} is too large for the {split} split of "
+                                f"{tokens:,} tokens; use at most {tokens // 2:,}")
     count = scored_targets(len(data), args.batch_size)
-    print(f"{args.checkpoint}: {saved['config']['model']} model, trained {saved['epoch']} "
-          f"epochs | {args.split} split of {corpus.path} | batch {args.batch_size}")
+    print(f"{args.checkpoint}: {saved['config']['model']} model, best at epoch "
+          f"{saved['epoch']} | {args.split} split of {corpus.path} | batch {args.batch_size}")
 
     if args.dynamic or args.tune_dynamic:
         run_dynamic(args, model, corpus, data, count)

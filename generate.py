@@ -18,7 +18,8 @@ import torch
 
 import checkpoint
 from checkpoint import CheckpointError
-from config import COUNT, SEED, Parser, SettingsError, checked, pick_device
+from config import (COUNT, SEED, Parser, SettingsError, check_output_file, checked,
+                    pick_device)
 from data import EOS, UNK, detokenize, tokenize
 
 
@@ -87,6 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--raw", action="store_true", help="print WikiText tokens unchanged")
     p.add_argument("--allow-unk", dest="allow_unk", action="store_true",
                    help=f"let the model sample {UNK}")
+    p.add_argument("--info", action="store_true",
+                   help="print how the checkpoint was trained (settings, command, commit, "
+                        "versions, device, data) and exit")
     return p.parse_args(argv)
 
 
@@ -100,6 +104,11 @@ def render(tokens, raw):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.info:
+            print("\n".join(checkpoint.describe(args.checkpoint, checkpoint.load(args.checkpoint))))
+            return
+        if args.outf:
+            check_output_file(args.outf, "--outf")
         device = pick_device(args.device)
         model, vocab, _ = checkpoint.load_model(args.checkpoint, device)
     except (CheckpointError, SettingsError) as e:
@@ -112,8 +121,11 @@ def main(argv=None):
                       args.top_p, args.seed, args.allow_unk)
     text = render(tokens, args.raw)
     if args.outf:
-        with open(args.outf, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        try:
+            with open(args.outf, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError as e:
+            sys.exit(f"error: cannot write --outf {args.outf} ({e.strerror})")
         print(f"wrote {args.words} sampled words to {args.outf}", file=sys.stderr)
     else:
         print(text)

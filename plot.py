@@ -12,13 +12,13 @@ summary (<stem>.json beside the CSV) when there is one. Needs matplotlib (an opt
 dependency: pip install -r requirements-dev.txt).
 """
 
-import csv
 import json
 import os
 import statistics
 import sys
 
 from config import Parser
+from runlog import read_metrics
 
 REQUIRED = ("epoch", "seconds", "train_ppl", "valid_ppl", "lr", "event")
 
@@ -36,8 +36,7 @@ def run_label(path):
 def read_run(path, label=None):
     """One run's columns (lists, one entry per epoch) and its summary, from its CSV."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_metrics(path)
     except OSError as e:
         raise RunError(f"cannot read {path}: {e.strerror}") from None
     if not rows:

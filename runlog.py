@@ -1,6 +1,6 @@
-"""runlog.py: the record a training run keeps besides its checkpoints: the metrics CSV
-(one row per epoch), the JSON summary of the finished run, optional TensorBoard scalars,
-and the one-line summary of each epoch on the terminal.
+"""runlog.py: the record a training run keeps besides its checkpoints: the lock on its
+--save path, the metrics CSV (one row per epoch), the JSON summary of the finished run,
+optional TensorBoard scalars, and the one-line summary of each epoch on the terminal.
 
 train.py calls it at fixed points of the run (progress within an epoch, an epoch ended,
 the state was saved, the run ended), so that what a run records lives here and not in the
@@ -11,10 +11,13 @@ checkpoints/awd.json.
 import csv
 import json
 import os
+import socket
+import sys
 import time
 
 from tqdm import tqdm
 
+import provenance
 from config import SettingsError
 
 FIELDS = ["epoch", "seconds", "tokens_per_s", "train_loss", "train_ppl", "valid_loss",
@@ -35,6 +38,12 @@ def summary_path(model_path):
     return os.path.splitext(model_path)[0] + ".json"
 
 
+def read_metrics(path):
+    """The rows of a metrics CSV (dicts of strings), past its "#" provenance lines."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
 def write_atomically(path, write):
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -53,6 +62,83 @@ def duration(seconds):
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
 
 
+def plural(n, noun):
+    """1, "epoch" -> "1 epoch"; 3, "epoch" -> "3 epochs"."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+def lock_path(model_path):
+    """checkpoints/awd.pt -> checkpoints/awd.lock"""
+    return os.path.splitext(model_path)[0] + ".lock"
+
+
+class SaveLock:
+    """Holds <save stem>.lock while a run writes to its --save path, so that a second run
+    on the same path refuses instead of overwriting the first one's files. The file says
+    who holds it (pid, host, start, command); a lock whose process no longer runs on this
+    host is stale and is replaced. Taking it also proves the directory is writable."""
+
+    def __init__(self, model_path):
+        self.path = lock_path(model_path)
+        self.held = False
+
+    def __enter__(self):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        me = dict(pid=os.getpid(), host=socket.gethostname(),
+                  started=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join(sys.argv))
+        unwritable = (f"cannot write to the --save directory {directory} ({{}}); choose "
+                      "another --save")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise SettingsError(unwritable.format(e.strerror)) from None
+        for _ in range(2):  # a second try after removing a stale lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self.refuse_or_clear()
+                continue
+            except OSError as e:
+                raise SettingsError(unwritable.format(e.strerror)) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise SettingsError(f"could not take the lock {self.path}; try again")
+
+    def refuse_or_clear(self):
+        try:
+            with open(self.path) as f:
+                holder = json.load(f)
+            pid, host = int(holder["pid"]), holder["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            holder, pid, host = {}, None, None  # unreadable: written by something else
+        if host == socket.gethostname() and pid is not None and not process_exists(pid):
+            print(f"removing the stale lock {self.path} (pid {pid} no longer runs)",
+                  file=sys.stderr)
+            os.remove(self.path)
+            return
+        who = f"pid {pid} on {host}, started {holder.get('started')}" if pid else "unknown"
+        raise SettingsError(f"another run is writing to this --save path ({who}; lock file "
+                            f"{self.path}); wait for it to end or choose another --save. If "
+                            f"no such run exists, delete {self.path}")
+
+    def __exit__(self, *exc):
+        if self.held and os.path.exists(self.path):
+            os.remove(self.path)
+        self.held = False
+
+
+def process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 def open_tensorboard(log_dir):
     """A torch.utils.tensorboard SummaryWriter, or a SettingsError saying what to install."""
     try:
@@ -60,7 +146,11 @@ def open_tensorboard(log_dir):
     except ImportError:
         raise SettingsError(f"--tensorboard needs the tensorboard package, which is not "
                             f"installed: {INSTALL} (or pip install tensorboard)") from None
-    return SummaryWriter(log_dir)
+    try:
+        return SummaryWriter(log_dir)
+    except OSError as e:
+        raise SettingsError(f"--tensorboard {log_dir} cannot be written ({e.strerror}); "
+                            "choose another directory") from None
 
 
 class RunLog:
@@ -111,11 +201,13 @@ class RunLog:
                 self.writer.add_scalar(f"epoch/{name}", row[name], row["epoch"])
             self.writer.flush()
 
-    def state_saved(self, rows):
+    def state_saved(self, rows, entries):
         """Rewrite the CSV whole from the run's rows (restored on resume, so a resumed run
-        never duplicates a row), atomically."""
+        never duplicates a row), atomically; its first lines, each starting with "#", say
+        where the run came from (`entries`, provenance.record's)."""
 
         def write(f):
+            f.writelines(f"# {line}\n" for line in provenance.describe(entries))
             writer = csv.DictWriter(f, fieldnames=FIELDS, restval="")
             writer.writeheader()
             writer.writerows(rows)

@@ -6,8 +6,9 @@
     python train.py --model awd --finetune checkpoints/awd.pt
 
 For --save checkpoints/awd.pt a run writes the best model so far (awd.pt), the latest
-training state (awd.state.pt, written after every epoch and on Ctrl-C) and one metrics
-row per epoch (awd.csv). Ctrl-C or SIGTERM stops after the current batch, saves the state
+training state (awd.state.pt, written after every epoch, on Ctrl-C and every --save-every
+minutes), one metrics row per epoch (awd.csv) and its final numbers (awd.json), and holds
+awd.lock while it runs. Ctrl-C or SIGTERM stops after the current batch, saves the state
 and tests the best model; --resume then continues exactly where the run stopped.
 
 The file reads top to bottom: flags, the run's settings, set-up, the epoch loop, the end.
@@ -16,11 +17,15 @@ The file reads top to bottom: flags, the run's settings, set-up, the epoch loop,
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 import time
 
+import torch
+
 import checkpoint
-from bptt import evaluate, ppl
+import provenance
+from bptt import evaluate, mean_seq_len, ppl
 from checkpoint import CheckpointError
 import budget
 from config import (COMMON, COUNT, DROPOUT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, PRESETS,
@@ -28,10 +33,12 @@ from config import (COMMON, COUNT, DROPOUT, FRACTION, NON_NEGATIVE, POSITIVE, PR
                     set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError
 from model import architecture, count_parameters
-from runlog import RunLog
+from runlog import RunLog, SaveLock, plural
 from trainer import OPTIMIZERS, StopRequest, Trainer, TrainingError
 
 # --- Flags ---------------------------------------------------------------------------------
+
+DEFAULT_LOG_INTERVAL = 50
 
 
 def parse_args(argv=None):
@@ -114,8 +121,13 @@ def parse_args(argv=None):
                    help="where to train (default auto: CUDA when available, else CPU)")
     p.add_argument("--max-batches", dest="max_batches", type=COUNT, default=None,
                    help="cap the training batches per epoch (smoke runs)")
-    p.add_argument("--log-interval", dest="log_interval", type=COUNT, default=50,
-                   help="batches between progress-bar updates (default 50)")
+    p.add_argument("--log-interval", dest="log_interval", type=COUNT,
+                   default=DEFAULT_LOG_INTERVAL,
+                   help=f"batches between progress-bar updates (default {DEFAULT_LOG_INTERVAL})")
+    p.add_argument("--save-every", dest="save_every", metavar="MINUTES", type=POSITIVE,
+                   default=None, help="also save the training state every MINUTES within an "
+                                      "epoch, to resume from exactly (default: at the end of "
+                                      "each epoch only)")
     p.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="also log to TensorBoard event files in DIR (needs tensorboard)")
     args = p.parse_args(argv)
@@ -148,7 +160,8 @@ def resolve_settings(args):
                 raise SettingsError(
                     f"--{name} cannot change when resuming ({args.resume} was run with "
                     f"{settings.get(name)}); only --epochs, --data, --precision and the run "
-                    "options (--device, --max-batches, --log-interval) can")
+                    "options (--device, --max-batches, --log-interval, --save-every, "
+                    "--tensorboard) can")
         settings.update({k: given[k] for k in RESUMABLE if k in given})
         return settings, state
 
@@ -171,6 +184,11 @@ def resolve_settings(args):
         if name in given:
             raise SettingsError(f"--{name} applies to --model awd only")
     settings = {**PRESETS[model], **COMMON, **given, "model": model, "finetune": None}
+    if model == "lstm" and settings["tied"] and settings["emsize"] != settings["nhid"]:
+        raise SettingsError(
+            f"--model lstm ties the decoder to the embedding, which needs --emsize equal to "
+            f"--nhid (got {settings['emsize']} and {settings['nhid']}); make them equal or "
+            "pass --no-tied")
     settings.setdefault("data", DEFAULT_DATA)
     settings["save"] = args.save or os.path.join("checkpoints", f"{model}.pt")
     return settings, None
@@ -178,8 +196,9 @@ def resolve_settings(args):
 
 # --- The run --------------------------------------------------------------------------------
 
-def train(args, stack):
-    """The whole run; what it opens (the run's record) is entered on `stack`."""
+def train(args, stack, command):
+    """The whole run; what it opens (the lock, the run's record) is entered on `stack`.
+    `command` is the command line, for the run's provenance."""
     started = time.time()  # a budget counts from here
     # Set-up: settings, device, the run's record, corpus, the model and its optimizer.
     settings, loaded = resolve_settings(args)
@@ -187,6 +206,10 @@ def train(args, stack):
         raise SettingsError(f"--model {args.model} does not match the checkpoint's model "
                             f"{settings['model']}")
     model_path, state_file = settings["save"], checkpoint.state_path(settings["save"])
+    if os.path.isdir(model_path):
+        raise SettingsError(f"--save {model_path} is a directory; give the path of the model "
+                            f"file, e.g. {os.path.join(model_path, settings['model'] + '.pt')}")
+    stack.enter_context(SaveLock(model_path))  # before anything at --save is read or written
     if not args.resume and not args.overwrite:
         for path in (model_path, state_file):
             if os.path.exists(path):
@@ -199,11 +222,20 @@ def train(args, stack):
     corpus = Corpus(settings["data"])
     if loaded is not None:
         checkpoint.check_vocabulary(args.resume or args.finetune, loaded["vocab"], corpus)
+    check_corpus_fits(settings, corpus, device)
 
+    source = args.resume or args.finetune
+    if source:  # the weights must fit the configuration before a Trainer is built
+        checkpoint.build(source, loaded)
     trainer = Trainer(settings, corpus, device,
                       weights=loaded["model"] if args.finetune else None)
     if args.resume:
-        trainer.load_state(loaded)
+        try:
+            trainer.load_state(loaded)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{args.resume} cannot be resumed: part of its training "
+                                  f"state does not fit ({checkpoint.one_line(e)})") from None
+    trainer.provenance.append(provenance.record(command, device, corpus))
 
     n_params = count_parameters(trainer.model)
     print(f"device: {device.type} ({describe_device(device)}, {settings['precision']}) | "
@@ -221,6 +253,9 @@ def train(args, stack):
               + (" (mid-epoch)" if trainer.position else ""))
     if settings["budget_minutes"] or settings["schedule"] == "onecycle":
         plan_run(trainer, args, started)
+    if args.save_every:
+        print(f"saving the training state to {state_file} every "
+              f"{args.save_every:g} minutes within an epoch too")
     if args.finetune:
         start = trainer.measure_start()
         print(f"fine-tuning {args.finetune} in averaging mode from valid ppl {ppl(start):.2f}; "
@@ -229,20 +264,64 @@ def train(args, stack):
     # The epoch loop: train, validate and apply the schedule, save the state.
     with StopRequest() as stop:
         while trainer.epoch < settings["epochs"] and not trainer.done and not stop.requested:
-            train_loss = trainer.train_epoch(stop, args.max_batches, args.log_interval,
-                                             on_progress=log.progress)
+            train_loss = trainer.train_epoch(
+                stop, args.max_batches, args.log_interval, on_progress=log.progress,
+                save_every=args.save_every and 60 * args.save_every)
             if train_loss is not None:
                 log.epoch_ended(trainer.end_epoch(train_loss))
             trainer.save_state()
-            log.state_saved(trainer.metrics)
+            log.state_saved(trainer.metrics, trainer.provenance)
 
     # The end: say why the run stopped, test the best model of this run, write the summary.
     if stop.requested:
         print(f"stopped; training state saved to {state_file} "
-              f"(continue with: python train.py --resume {state_file})")
+              f"(continue with: {resume_command(args, state_file)})")
     else:
-        print(f"finished after {trainer.epoch} epochs")
+        print(f"finished after {plural(trainer.epoch, 'epoch')}")
     log.finished(summarize(trainer, test_best_model(trainer, device), stopped=stop.requested))
+
+
+def check_corpus_fits(s, corpus, device):
+    """What can be known before the first batch: every split is long enough for its batch
+    size, the largest window fits in memory, and what variable BPTT makes of --bptt."""
+    for split, flag, batch in (("train", "--batch_size", s["batch_size"]),
+                               ("valid", "--eval-batch-size", s["eval_batch_size"]),
+                               ("test", "--test-batch-size", s["test_batch_size"])):
+        tokens = len(getattr(corpus, split))
+        if tokens // batch < 2:
+            raise SettingsError(
+                f"{flag} {batch} is too large for the {split} split of {tokens:,} tokens: each "
+                f"of the {batch} columns needs at least 2 tokens; use at most {tokens // 2}")
+    longest = s["bptt"] + (15 if s["variable_bptt"] else 0)  # 3 sd above the mean
+    logits = 3 * 4 * longest * s["batch_size"] * len(corpus.dictionary)  # fp32 logits, grads
+    available = (torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else
+                 os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if logits > available:
+        raise SettingsError(
+            f"a training window of --bptt {s['bptt']} x --batch_size {s['batch_size']} over "
+            f"{len(corpus.dictionary):,} words needs about {logits / 2**30:,.1f} GiB for its "
+            f"output layer alone, more than the {available / 2**30:,.1f} GiB of this "
+            f"{device.type}; lower --bptt or --batch_size")
+    if s["variable_bptt"] and abs(mean_seq_len(s["bptt"]) - s["bptt"]) > 0.1 * s["bptt"]:
+        print(f"note: variable BPTT draws window lengths around --bptt {s['bptt']} but never "
+              f"below 5 (AWD-LSTM's rule), so windows average "
+              f"{mean_seq_len(s['bptt']):.1f} tokens; --no-variable-bptt keeps them at "
+              f"{s['bptt']}")
+
+
+def resume_command(args, state_file):
+    """The command that continues this run: --resume plus the options this one was given
+    that a resume may set again."""
+    command = ["python", "train.py", "--resume", state_file]
+    for name in ("epochs", "data", "precision", "max_batches", "save_every", "tensorboard"):
+        value = getattr(args, name)
+        if value is not None:
+            command += [f"--{name.replace('_', '-')}", str(value)]
+    if args.device != "auto":
+        command += ["--device", args.device]
+    if args.log_interval != DEFAULT_LOG_INTERVAL:
+        command += ["--log-interval", str(args.log_interval)]
+    return shlex.join(command)
 
 
 def plan_run(trainer, args, started):
@@ -300,16 +379,23 @@ def summarize(trainer, test_loss, stopped):
         best_epoch=best and best["epoch"], best_valid_ppl=best and best["valid_ppl"],
         test_ppl=None if test_loss is None else round(ppl(test_loss), 3),
         test_loss=None if test_loss is None else round(test_loss, 6),
-        test_batch_size=trainer.s["test_batch_size"])
+        test_batch_size=trainer.s["test_batch_size"], provenance=trainer.provenance)
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
     try:
         with contextlib.ExitStack() as stack:  # what the run opens closes on any exit
-            train(args, stack)
+            train(args, stack, shlex.join(["python", "train.py"] + argv))
     except (CorpusError, CheckpointError, SettingsError, TrainingError) as e:
         sys.exit(f"error: {e}")
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not (isinstance(e, (MemoryError, torch.OutOfMemoryError))
+                or "can't allocate memory" in str(e) or "out of memory" in str(e)):
+            raise
+        sys.exit(f"error: out of memory ({checkpoint.one_line(e)[:120]}); lower --batch_size "
+                 "or --bptt (or --eval-batch-size); files already saved are intact")
     except KeyboardInterrupt:  # a second Ctrl-C, or one during the final test
         print("\naborted; checkpoints on disk are intact (every write is atomic)",
               file=sys.stderr)

@@ -7,6 +7,7 @@ train.py builds a Trainer from the run's settings and drives it epoch by epoch.
 
 import itertools
 import math
+import os
 import signal
 import time
 from functools import partial
@@ -24,10 +25,11 @@ from model import build_model, detach_hidden, map_hidden, model_config, pack_lst
 
 # Like the reference code, an epoch leaves out a last window of a single target.
 MIN_WINDOW = 2
+DIVERGED = 10.0  # nats above a uniform guess at which a run counts as diverged
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss)."""
+    """Training cannot go on (it diverged)."""
 
 
 def should_start_averaging(history, valid_loss, nonmono):
@@ -128,6 +130,7 @@ class Trainer:
         self.steps = 0  # training batches of the whole run
         self.done = False  # fine-tuning ended at its trigger
         self.resumed = False  # restored from a state, until the next epoch ends
+        self.provenance = []  # provenance.record of the start and of each resume
         if s["finetune"]:
             self.averaged = RunningAverage(self.model)
 
@@ -143,7 +146,7 @@ class Trainer:
 
     def pack(self, kind, **contents):
         return checkpoint.pack(kind, self.model.config, self.corpus.dictionary.idx2word, self.s,
-                               **contents)
+                               provenance=list(self.provenance), **contents)
 
     def model_checkpoint(self, valid_loss):
         return self.pack("model", model=self.eval_model.state_dict(), epoch=self.epoch + 1,
@@ -172,7 +175,9 @@ class Trainer:
             state["lr"], state["epoch"], state["valid_history"])
         self.best_valid_loss, self.metrics, self.done = (
             state["best_valid_loss"], state["metrics"], state["done"])
-        self.steps = state.get("steps", 0)  # states written before these existed lack them
+        # states written before these existed lack them
+        self.steps = state.get("steps", 0)
+        self.provenance = list(state.get("provenance", []))
         if state.get("plan") is not None:
             self.set_plan(state["plan"])
             if self.scheduler is not None:
@@ -220,13 +225,35 @@ class Trainer:
     def save_state(self):
         checkpoint.save(checkpoint.state_path(self.model_path), self.state())
 
+    # Divergence ----------------------------------------------------------------------------
+
+    def diverged(self, loss):
+        """A mean loss that shows the run blew up: not finite, or DIVERGED nats above that of
+        a uniform guess over the vocabulary (ln V, where a fresh run starts): a perplexity
+        e^10 = 22,000 times the vocabulary's size, which no run that learns comes near."""
+        return not math.isfinite(loss) or loss > math.log(len(self.corpus.dictionary)) + DIVERGED
+
+    def divergence(self, what, loss):
+        """The error that ends a diverged run, naming the files it leaves as they were."""
+        kept = [path for path in (self.model_path, checkpoint.state_path(self.model_path),
+                                  self.s["finetune"]) if path and os.path.exists(path)]
+        return TrainingError(
+            f"training diverged: {what} became {loss:.4g} in epoch {self.epoch + 1} (a uniform "
+            f"guess over the vocabulary scores {math.log(len(self.corpus.dictionary)):.2f}); "
+            "the run stopped without saving the diverged weights"
+            + (f", and {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} kept as before"
+               if kept else "; it had written no checkpoint yet")
+            + ". Try a lower --lr or --clip")
+
     # Training ------------------------------------------------------------------------------
 
-    def train_epoch(self, stop, max_batches, log_interval, on_progress=None):
+    def train_epoch(self, stop, max_batches, log_interval, on_progress=None, save_every=None):
         """One pass over the training split (or what is left of an interrupted one).
-        Every `log_interval` batches the mean loss so far is read (the one host sync) and
-        passed to `on_progress(step, loss, lr, tokens_per_s)`. Returns the mean training
-        loss, or None when stopped by a signal."""
+        Every `log_interval` batches the loss is read (the one host sync), checked for
+        divergence and its mean so far passed to `on_progress(step, loss, lr, tokens_per_s)`.
+        Every `save_every` seconds (if given) the training state is saved mid-epoch, to
+        resume from exactly like an end-of-epoch state. Returns the mean training loss,
+        or None when stopped by a signal."""
         s, model, data = self.s, self.model, self.train_data
         model.train()
         if self.position is None:
@@ -236,6 +263,14 @@ class Trainer:
         hidden, row, batches = pos["hidden"], pos["index"], pos["batches"]
         loss_sum = torch.tensor(pos["loss_sum"], dtype=torch.float64, device=self.device)
         tokens, started = pos["tokens"], time.time() - pos["seconds"]
+        # the loss sum, tokens and batches at the last divergence check
+        checked_sum, checked_tokens, checked_batches = pos["loss_sum"], tokens, batches
+        last_save = time.time()
+
+        def position():  # where the epoch stands, for a saved state to continue from
+            return dict(index=row, batches=batches, loss_sum=loss_sum.item(), tokens=tokens,
+                        seconds=time.time() - started, hidden=detach_hidden(hidden))
+
         seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
         if self.plan is not None:
             max_batches = self.plan["batches_per_epoch"]
@@ -263,15 +298,16 @@ class Trainer:
             at_end = data.size(0) - 1 - row < MIN_WINDOW or batches == max_batches
             if self.deadline is not None and time.time() >= self.deadline:
                 self.out_of_time = at_end = True  # a budget: end the epoch here
-            if batches % log_interval == 0 or at_end or stop.requested:
-                mean_loss = loss_sum.item() / tokens  # the one host sync, every log_interval
-                if not math.isfinite(mean_loss):
+            save_due = save_every is not None and time.time() - last_save >= save_every
+            if batches % log_interval == 0 or at_end or stop.requested or save_due:
+                total = loss_sum.item()  # the one host sync, every log_interval
+                recent = (total - checked_sum) / (tokens - checked_tokens)
+                if self.diverged(recent):
                     bar.close()
-                    raise TrainingError(
-                        f"the training loss became {mean_loss} in epoch {self.epoch + 1} "
-                        f"(batch {batches}); nothing was saved from this epoch and "
-                        f"{self.model_path} still holds the last good model. Try a lower "
-                        "--lr or --clip")
+                    raise self.divergence(f"the mean training loss of batches "
+                                          f"{checked_batches + 1}-{batches}", recent)
+                checked_sum, checked_tokens, checked_batches = total, tokens, batches
+                mean_loss = total / tokens
                 tokens_per_s = tokens / max(time.time() - started, 1e-9)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}",
                                 lr=f"{base_lr:g}", tok_s=f"{tokens_per_s:,.0f}")
@@ -279,10 +315,12 @@ class Trainer:
                     on_progress(self.steps, mean_loss, base_lr, tokens_per_s)
             if stop.requested or self.out_of_time:
                 break
+            if save_due and not at_end:  # (the end of the epoch saves the state anyway)
+                self.position = position()
+                self.save_state()
+                last_save = time.time()
         bar.close()
-        self.position = dict(index=row, batches=batches, loss_sum=loss_sum.item(),
-                             tokens=tokens, seconds=time.time() - started,
-                             hidden=detach_hidden(hidden))
+        self.position = position()
         if stop.requested and not at_end:
             return None
         return self.position["loss_sum"] / self.position["tokens"]
@@ -295,11 +333,8 @@ class Trainer:
         epoch_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.lr
         valid_loss = evaluate(self.eval_model, self.corpus.valid, s["eval_batch_size"],
                               s["bptt"], progress="validating")
-        if not math.isfinite(valid_loss):
-            raise TrainingError(
-                f"the validation loss became {valid_loss} after epoch {self.epoch + 1}; "
-                f"nothing was saved from this epoch and {self.model_path} still holds "
-                "the last good model. Try a lower --lr or --clip")
+        if self.diverged(valid_loss):
+            raise self.divergence("the validation loss", valid_loss)
         mode, event = ("ASGD" if self.averaged is not None else "SGD"), ""
         if valid_loss < self.best_valid_loss:
             self.best_valid_loss = valid_loss

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import torch
 
 import bench
@@ -40,3 +41,10 @@ def test_bench_prints_every_configuration_with_positive_figures(capsys):
         assert float(row.group(2)) > 0 and int(row.group(3).replace(",", "")) > 0
     assert re.search(r"^a/b .*\s\d+\.\d{3}$", out, re.M)
     assert re.search(r"^c/d .*\s\d+\.\d{3}$", out, re.M)
+
+
+def test_counts_below_one_are_one_clean_error_line():
+    for flag in ("--steps", "--repeats"):
+        with pytest.raises(SystemExit) as exit_:
+            bench.main([flag, "0"])
+        assert exit_.value.code == f"error: {flag} must be at least 1 (got 0)"

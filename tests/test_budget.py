@@ -1,7 +1,6 @@
 """Tests of budget.py and of planned runs: the plan's arithmetic, measuring leaves the run
 untouched, a budget ends on time with a tested model, one-cycle runs resume exactly."""
 
-import csv
 import json
 import math
 import time
@@ -11,6 +10,7 @@ import torch
 
 import budget
 import checkpoint
+import runlog
 import train
 import trainer as trainer_module
 from config import COMMON, PRESETS
@@ -94,8 +94,7 @@ def test_onecycle_follows_torchs_schedule_and_averages_from_the_planned_step(cor
 
 
 def csv_rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    return runlog.read_metrics(path)
 
 
 def test_a_onecycle_run_stopped_mid_epoch_resumes_exactly(corpus, tmp_path, monkeypatch):

@@ -78,3 +78,70 @@ def test_a_training_state_is_not_a_model_and_vice_versa(tmp_path):
     with pytest.raises(CheckpointError, match="is a training state"):
         checkpoint.load_model(str(tmp_path / "m.state.pt"))
     assert checkpoint.state_path("checkpoints/awd.pt") == "checkpoints/awd.state.pt"
+
+
+# --- Checkpoints edited by hand, in every entry point that reads one ---------------------
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny run: its model checkpoint and its training state."""
+    import train
+    root = tmp_path_factory.mktemp("run")
+    line = "a b c d e f g h i j\n"
+    for name, repeat in (("train.txt", 40), ("valid.txt", 10), ("test.txt", 10)):
+        (root / name).write_text(line * repeat)
+    train.main(["--model", "awd", "--data", str(root), "--emsize", "8", "--nhid", "12",
+                "--batch_size", "4", "--bptt", "8", "--epochs", "1", "--save",
+                str(root / "awd.pt")])
+    return root
+
+
+def without_vocab(c):
+    del c["vocab"]
+
+
+def wrong_shape(c):
+    c["model"]["encoder.weight"] = torch.zeros(3, 3)
+
+
+def wrong_config_type(c):
+    c["config"]["nhid"] = "twelve"
+
+
+def nan_weights(c):
+    c["model"]["encoder.weight"] = torch.full_like(c["model"]["encoder.weight"], float("nan"))
+
+
+EDITS = [(without_vocab, "lacks vocab"), (wrong_shape, "weights do not fit"),
+         (wrong_config_type, "does not make a model"), (nan_weights, "non-finite weights")]
+
+
+def run_entry_point(tool, path, root):
+    import evaluate
+    import generate
+    import train
+    argv = {"generate": ["--checkpoint", path], "evaluate": ["--checkpoint", path],
+            "finetune": ["--finetune", path, "--save", os.path.join(root, "ft.pt")],
+            "resume": ["--resume", path]}[tool]
+    main = {"generate": generate.main, "evaluate": evaluate.main}.get(tool, train.main)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code
+
+
+@pytest.mark.parametrize("edit, fragment", EDITS, ids=[e.__name__ for e, _ in EDITS])
+@pytest.mark.parametrize("tool", ["generate", "evaluate", "finetune", "resume"])
+def test_a_checkpoint_edited_by_hand_is_one_clean_error_everywhere(trained_run, tmp_path, tool,
+                                                                   edit, fragment):
+    source = trained_run / ("awd.state.pt" if tool == "resume" else "awd.pt")
+    edited = torch.load(source, weights_only=True)
+    edit(edited)
+    path = str(tmp_path / source.name)
+    edited["args"]["save"] = str(tmp_path / "awd.pt")  # a resume writes beside it
+    checkpoint.save(path, edited)
+    before = open(path, "rb").read()
+    message = run_entry_point(tool, path, str(tmp_path))
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
+    assert path in message and fragment in message
+    assert open(path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == [source.name]  # nothing else written

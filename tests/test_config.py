@@ -19,8 +19,8 @@ def parse(kind, text):
     (COUNT, "0", "--flag must be at least 1 (got 0)"),
     (COUNT, "2.5", "--flag must be at least 1 (got '2.5')"),
     (POSITIVE, "-1", "--flag must be positive (got -1)"),
-    (POSITIVE, "nan", "--flag must be positive (got nan)"),
-    (POSITIVE, "inf", "--flag must be positive (got inf)"),
+    (POSITIVE, "nan", "--flag must be a finite number (got nan)"),
+    (POSITIVE, "inf", "--flag must be a finite number (got inf)"),
     (DROPOUT, "1", "--flag must be in [0, 1) (got 1)"),
     (SEED, "-1", "--flag must be in [0, 2**32) (got -1)"),
 ])
@@ -72,3 +72,14 @@ def test_fp32_turns_tf32_off_where_pytorch_leaves_it_on():
         assert torch.backends.cudnn.rnn.fp32_precision == "ieee"
     else:
         assert not torch.backends.cudnn.allow_tf32
+
+
+def test_every_flag_takes_dashes_or_underscores():
+    p = Parser(prog="x")
+    p.add_argument("--batch_size", type=COUNT)
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=COUNT)
+    args = p.parse_args(["--batch-size", "3", "--eval_batch_size=4"])
+    assert (args.batch_size, args.eval_batch_size) == (3, 4)
+    with pytest.raises(SystemExit) as exit_:
+        p.parse_args(["--batch-sizes", "3"])  # a flag that exists in neither spelling
+    assert "unrecognized arguments: --batch-sizes" in exit_.value.code

@@ -1,7 +1,6 @@
 """The CUDA path of training (skipped without a GPU; run with python -m pytest -m cuda):
 bf16 follows fp32, cuDNN keeps its packed weights through averaging, resume on CUDA."""
 
-import csv
 import warnings
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 import checkpoint
+import runlog
 import train
 
 pytestmark = pytest.mark.cuda
@@ -32,8 +32,7 @@ def corpus(tmp_path):
 
 
 def valid_losses(path):
-    with open(path) as f:
-        return [float(r["valid_loss"]) for r in csv.DictReader(f)]
+    return [float(r["valid_loss"]) for r in runlog.read_metrics(path)]
 
 
 def test_bf16_follows_the_fp32_validation_curve(corpus, tmp_path):

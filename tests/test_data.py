@@ -33,6 +33,14 @@ def test_shipped_wikitext2_counts(wikitext2):
     assert wikitext2.train.dtype == torch.int64 and wikitext2.train.dim() == 1
 
 
+def test_the_corpus_knows_the_sha256_of_its_files(wikitext2):
+    # the digests of the official wikitext-2-v1.zip members
+    assert wikitext2.sha256 == {
+        "train": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
+        "valid": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+        "test": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"}
+
+
 def test_shipped_wikitext2_ends_lines_with_eos(wikitext2):
     vocab = wikitext2.dictionary
     with open(os.path.join(WIKITEXT2, "wiki.valid.tokens"), encoding="utf-8") as f:

@@ -1,6 +1,7 @@
 """Tests of evaluate.py: plain perplexity, the cache pointer, dynamic evaluation."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -198,8 +199,32 @@ def test_the_command_line_leaves_the_checkpoint_untouched(trained, capsys):
     (["--lambdasm", "1.5"], "--lambdasm must be in [0, 1]"),
     (["--window", "0"], "--window must be at least 1"),
     (["--dynamic", "--cache"], "does not combine"),
+    (["--cache", "--theta", "nan"], "--theta must be a finite number (got nan)"),
+    (["--cache", "--lambdasm", "inf"], "--lambdasm must be a finite number"),
+    (["--dynamic", "--dyn-lr", "inf"], "--dyn-lr must be a finite number"),
+    (["--dynamic", "--dyn-eps", "0"], "--dyn-eps must be positive"),
+    (["--dynamic", "--dyn-decay", "-1"], "--dyn-decay must not be negative"),
+    (["--batch_size", "1000"], "--batch_size 1000 is too large for the test split"),
+    (["--dynamic", "--dyn-stat-batch-size", "100000"], "--dyn-stat-batch-size 100000 is too"),
 ])
 def test_bad_arguments_give_one_clean_error_line(trained, args, fragment):
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--checkpoint", trained["path"]] + args)
     assert exit_.value.code.startswith("error: ") and fragment in exit_.value.code
+
+
+def test_info_and_a_warning_when_the_data_differ_from_the_training_data(trained, tmp_path,
+                                                                         capsys):
+    evaluate.main(["--checkpoint", trained["path"], "--info"])
+    out = capsys.readouterr().out
+    assert "model checkpoint of a awd model" in out and "sha256 train " in out
+    evaluate.main(["--checkpoint", trained["path"]])
+    assert "warning" not in capsys.readouterr().err  # its own data
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("train.txt", "valid.txt"):
+        (other / name).write_bytes(open(os.path.join(trained["root"], name), "rb").read())
+    (other / "test.txt").write_text(open(os.path.join(trained["root"], "test.txt")).read()[::-1])
+    evaluate.main(["--checkpoint", trained["path"], "--data", str(other)])
+    err = capsys.readouterr().err
+    assert "warning: the test split of " in err and "differs from the one this model was" in err

@@ -107,6 +107,10 @@ def test_command_line_round_trip(trained, tmp_path):
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--words", "0"], "--words must be at least 1"),
+    (["--temperature", "inf"], "--temperature must be a finite number (got inf)"),
+    (["--temperature", "nan"], "--temperature must be a finite number (got nan)"),
+    (["--outf", "/nonexistent-dir/out.txt"], "the directory /nonexistent-dir does not exist"),
+    (["--outf", "."], "is a directory"),
 ])
 def test_bad_arguments_give_one_clean_error_line(trained, args, fragment):
     if args[0] != "--checkpoint":
@@ -124,3 +128,12 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip() == (f"error: {junk} is not a checkpoint of this project "
                                      "(train.py writes them)")
+
+
+def test_info_prints_how_the_checkpoint_was_trained(trained, capsys):
+    generate.main(["--checkpoint", trained, "--info"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"{trained}: model checkpoint of a awd model")
+    assert "settings: " in out and "batch_size=4" in out
+    assert "started 20" in out and "python train.py --model awd" in out
+    assert "torch " + torch.__version__ in out and "sha256 train " in out

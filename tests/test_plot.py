@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import plot
+import runlog
 import train
 
 
@@ -44,8 +45,7 @@ def test_the_table_equals_the_csvs_and_summaries(runs, capsys):
     table = plot.table([plot.read_run(path) for path in runs])
     assert table[0].split()[:3] == ["run", "epochs", "best"]
     for path, line in zip(runs, table[1:]):
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
+        rows = runlog.read_metrics(path)
         summary = json.load(open(path.replace(".csv", ".json")))
         label, epochs, best, test, minutes, _ = line.split()
         assert label == path.rsplit("/", 1)[1][:-4] and int(epochs) == len(rows)
@@ -55,8 +55,7 @@ def test_the_table_equals_the_csvs_and_summaries(runs, capsys):
 
 
 def test_a_csv_with_extra_columns_still_reads(runs, tmp_path):
-    with open(runs[0]) as f:
-        rows = list(csv.DictReader(f))
+    rows = runlog.read_metrics(runs[0])
     wider = tmp_path / "wider.csv"
     with open(wider, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["grad_norm"] + list(rows[0]))

@@ -1,13 +1,16 @@
 """Tests of runlog.py: the metrics CSV, the summary, TensorBoard, the epoch line."""
 
-import csv
 import json
+import os
+import socket
+import subprocess
 import sys
 
 import pytest
 
 from config import SettingsError
-from runlog import FIELDS, RunLog, duration, metrics_path, summary_path
+from runlog import (FIELDS, RunLog, SaveLock, duration, lock_path, metrics_path, read_metrics,
+                    summary_path)
 
 
 def row(epoch, event=""):
@@ -20,23 +23,38 @@ def settings(tmp_path, **kw):
     return {"save": str(tmp_path / "awd.pt"), "epochs": 10, "finetune": None, **kw}
 
 
+ORIGIN = dict(command="python train.py --model awd", date="2026-11-26T10:00:00Z", commit="abc",
+              torch="2.13.0", cuda="none", device="cpu, 2 threads", host="here",
+              data="/data/wt2", data_sha256={"train": "1" * 64, "valid": "2" * 64})
+
+
 def test_the_csv_holds_exactly_the_rows_given(tmp_path):
     log = RunLog(settings(tmp_path))
     assert log.path == str(tmp_path / "awd.csv") == metrics_path(str(tmp_path / "awd.pt"))
-    log.state_saved([row(1), row(2)])
-    log.state_saved([row(1), row(2), row(3)])  # a later save, as after a resume
-    with open(log.path) as f:
-        rows = list(csv.DictReader(f))
+    log.state_saved([row(1), row(2)], [ORIGIN])
+    log.state_saved([row(1), row(2), row(3)], [ORIGIN])  # a later save, as after a resume
+    rows = read_metrics(log.path)
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and list(rows[0]) == FIELDS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["awd.csv"]
+
+
+def test_the_csv_begins_with_the_provenance_of_the_start_and_each_resume(tmp_path):
+    log = RunLog(settings(tmp_path))
+    log.state_saved([row(1)], [ORIGIN, dict(ORIGIN, command="python train.py --resume x")])
+    lines = open(log.path).read().splitlines()
+    comments = [line for line in lines if line.startswith("#")]
+    assert lines[:len(comments)] == comments  # all of them first, then the header
+    assert comments[0] == "# started 2026-11-26T10:00:00Z: python train.py --model awd"
+    assert any(line.startswith("# resumed ") and "--resume x" in line for line in comments)
+    assert any("train " + "1" * 64 in line for line in comments)
+    assert lines[len(comments)].split(",") == FIELDS
 
 
 def test_rows_of_older_runs_without_the_new_columns_still_write(tmp_path):
     log = RunLog(settings(tmp_path))
     old = {k: v for k, v in row(1).items() if k not in ("elapsed_s", "resumed")}
-    log.state_saved([old])
-    with open(log.path) as f:
-        assert next(csv.DictReader(f))["elapsed_s"] == ""
+    log.state_saved([old], [])
+    assert read_metrics(log.path)[0]["elapsed_s"] == ""
 
 
 def test_the_epoch_line_names_the_switch_and_the_time_to_finish(tmp_path, capsys):
@@ -82,3 +100,39 @@ def test_tensorboard_missing_is_a_message_with_the_install_command(tmp_path, mon
     with pytest.raises(SettingsError, match="pip install"):
         RunLog(settings(tmp_path), tensorboard=str(tmp_path / "tb"))
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_save_path_is_locked_while_a_run_holds_it(tmp_path):
+    model = str(tmp_path / "awd.pt")
+    with SaveLock(model):
+        holder = json.load(open(lock_path(model)))
+        assert holder["pid"] == os.getpid() and holder["host"]
+        with pytest.raises(SettingsError, match=f"another run .*pid {os.getpid()}"):
+            SaveLock(model).__enter__()
+    assert not os.path.exists(lock_path(model))  # released on exit
+    with SaveLock(model):  # and free to take again
+        pass
+
+
+def test_a_stale_lock_is_replaced_and_an_unreadable_one_refuses(tmp_path, capsys):
+    model = str(tmp_path / "awd.pt")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    with SaveLock(model):
+        pass
+    json.dump(dict(pid=int(gone), host=socket.gethostname(), started="earlier"),
+              open(lock_path(model), "w"))
+    with SaveLock(model):
+        assert json.load(open(lock_path(model)))["pid"] == os.getpid()
+    assert "removing the stale lock" in capsys.readouterr().err
+    open(lock_path(model), "w").write("not json")
+    with pytest.raises(SettingsError, match="delete .*awd.lock"):
+        SaveLock(model).__enter__()
+    assert open(lock_path(model)).read() == "not json"  # left for the user to judge
+
+
+def test_an_unwritable_save_directory_is_refused_at_once(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SettingsError, match="cannot write to the --save directory"):
+        SaveLock(str(blocker / "awd.pt")).__enter__()

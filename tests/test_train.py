@@ -1,8 +1,9 @@
 """Tests of train.py on tiny corpora: learning, NT-ASGD, exact resume, interruption, errors."""
 
-import csv
+import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 import bptt
 import checkpoint
+import runlog
 import train
 from trainer import should_start_averaging
 
@@ -55,8 +57,7 @@ def run(argv):
 
 
 def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    return runlog.read_metrics(path)
 
 
 def test_a_small_model_learns_a_repeating_corpus(repeating, tmp_path):
@@ -180,7 +181,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(bptt, "activation_regularization", poisoned)
     with pytest.raises(SystemExit) as exit_:
         run(["--resume", tmp_path / "awd.state.pt", "--epochs", "3", "--max-batches", "5"])
-    assert "loss became nan" in str(exit_.value.code) and str(save) in str(exit_.value.code)
+    message = str(exit_.value.code)
+    assert "training diverged" in message and "loss of batches 1-5 became nan" in message
+    assert str(save) in message and "awd.state.pt" in message
     assert save.read_bytes() == good
     assert checkpoint.load(str(tmp_path / "awd.state.pt"), kind="state")["epoch"] == 1
 
@@ -273,13 +276,14 @@ def test_finetuning_keeps_only_improvements_on_its_start(random_text, tmp_path, 
                     "--save", save])
     start = checkpoint.load(str(save))["valid_loss"]
     # lr so high that every fine-tuning epoch is worse than the trained model
-    run(["--finetune", save, "--lr", "5000", "--nonmono", "1", "--epochs", "3",
+    run(["--finetune", save, "--lr", "100", "--nonmono", "1", "--epochs", "3",
          "--max-batches", "10"])
     out = capsys.readouterr().out
     rows = read_csv(tmp_path / "awd-finetune.csv")
     assert all(float(r["valid_loss"]) > start for r in rows)
     assert not (tmp_path / "awd-finetune.pt").exists()
-    assert "fine-tuning never improved" in out and "test ppl" not in out.split("fine-tuning never")[1]
+    assert "fine-tuning never improved" in out
+    assert "test ppl" not in out.split("fine-tuning never")[1]
     state = checkpoint.load(str(tmp_path / "awd-finetune.state.pt"), kind="state")
     assert state["best_valid_loss"] == start
 
@@ -301,3 +305,180 @@ def test_an_early_stop_after_overwrite_does_not_report_the_older_run(
     out = capsys.readouterr().out
     assert "no epoch has finished yet" in out and "test ppl" not in out
     assert json.load(open(tmp_path / "awd.json"))["test_ppl"] is None
+
+
+# --- Bad input and interruptions (each refused early, nothing saved is changed) ----------
+
+def files_of(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+def test_settings_that_make_no_run_are_refused_before_any_file_is_written(random_text,
+                                                                           tmp_path):
+    out = tmp_path / "runs"
+    save = ["--save", out / "awd.pt"]
+    message = bad_run(["--model", "lstm", "--emsize", "20", "--nhid", "30", "--data",
+                       random_text] + save)
+    assert "--emsize equal to --nhid" in message and "--no-tied" in message
+    assert "--seed must be in [0, 2**32)" in bad_run(["--seed", "-1"])
+    message = bad_run(TINY_AWD + ["--data", random_text, "--eval-batch-size", "1000"] + save)
+    assert "--eval-batch-size 1000 is too large for the valid split" in message
+    message = bad_run(TINY_AWD + ["--data", random_text, "--test-batch-size", "5000"] + save)
+    assert "--test-batch-size 5000" in message
+    # a window whose output layer alone needs more memory than the machine has
+    message = bad_run(TINY_AWD + ["--data", random_text, "--bptt", "10000000000"] + save)
+    assert "lower --bptt or --batch_size" in message and "GiB" in message
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "cannot write to the --save directory" in bad_run(
+        TINY_AWD + ["--data", random_text, "--save", blocker / "awd.pt"])
+    assert "is a directory" in bad_run(TINY_AWD + ["--data", random_text, "--save", tmp_path])
+    assert "--tensorboard" in bad_run(TINY_AWD + ["--data", random_text, "--tensorboard",
+                                                  blocker / "tb"] + save)
+    assert not out.exists() or files_of(out) == {}
+
+
+def test_flags_take_dashes_or_underscores_and_help_shows_one_spelling(random_text, tmp_path,
+                                                                      capsys):
+    run(TINY_AWD + ["--data", random_text, "--batch-size", "5", "--eval_batch_size", "3",
+                    "--max_batches", "2", "--epochs", "1", "--save", tmp_path / "awd.pt"])
+    assert "finished after 1 epoch\n" in capsys.readouterr().out
+    saved = checkpoint.load(str(tmp_path / "awd.pt"))
+    assert saved["args"]["batch_size"] == 5 and saved["args"]["eval_batch_size"] == 3
+    with pytest.raises(SystemExit):
+        run(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--batch_size" in help_text and "--batch-size" not in help_text
+    assert "--eval-batch-size" in help_text and "--eval_batch_size" not in help_text
+
+
+def test_a_short_bptt_says_what_variable_bptt_makes_of_it(random_text, tmp_path, capsys):
+    run(TINY_AWD + ["--data", random_text, "--bptt", "2", "--epochs", "1", "--max-batches",
+                    "2", "--save", tmp_path / "awd.pt"])
+    out = capsys.readouterr().out
+    assert "never below 5" in out and "--no-variable-bptt" in out
+
+
+def test_a_second_run_on_the_same_save_path_refuses_while_the_first_runs(random_text,
+                                                                       tmp_path):
+    args = TINY_AWD + ["--data", random_text, "--epochs", "200", "--save", tmp_path / "awd.pt"]
+    first = start(args)
+    lock = tmp_path / "awd.lock"
+    for _ in range(600):  # wait until the first run holds the lock
+        if lock.exists() and lock.stat().st_size:
+            break
+        time.sleep(0.05)
+    holder = json.loads(lock.read_text())
+    assert holder["pid"] == first.pid
+    second = start(args + ["--overwrite"])
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 1 and err.startswith("error: another run is writing")
+    assert f"pid {first.pid}" in err
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert not lock.exists()  # released on exit
+    assert checkpoint.load(str(tmp_path / "awd.state.pt"), kind="state")["args"]["epochs"] == 200
+
+
+def test_the_resume_hint_repeats_the_options_that_a_resume_may_set(random_text, tmp_path):
+    args = train.parse_args(TINY_AWD + ["--data", random_text, "--max-batches", "7",
+                                        "--save-every", "2.5", "--device", "cpu",
+                                        "--log-interval", "3", "--epochs", "9"])
+    command = train.resume_command(args, "runs/my run.state.pt")
+    assert command.startswith("python train.py --resume 'runs/my run.state.pt'")
+    again = train.parse_args(shlex.split(command)[2:])
+    for name in ("max_batches", "save_every", "device", "log_interval", "epochs", "data"):
+        assert getattr(again, name) == getattr(args, name), name
+    assert again.resume == "runs/my run.state.pt"
+
+
+def test_ctrl_c_during_the_final_test_exits_130_and_keeps_the_checkpoints(
+        random_text, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, progress=None, **kw):
+        if progress == "testing":
+            raise KeyboardInterrupt
+        return real_evaluate(*args, progress=progress, **kw)
+
+    real_evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        run(TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                        "--save", tmp_path / "awd.pt"])
+    assert exit_.value.code == 130
+    assert "aborted" in capsys.readouterr().err
+    checkpoint.load_model(str(tmp_path / "awd.pt"))  # intact and usable
+    assert not (tmp_path / "awd.lock").exists()
+
+
+def test_a_diverging_run_exits_non_zero_and_leaves_earlier_files_as_they_were(random_text,
+                                                                             tmp_path):
+    args = TINY_AWD + ["--data", random_text, "--epochs", "2", "--max-batches", "5",
+                       "--save", tmp_path / "awd.pt"]
+    message = bad_run(args + ["--lr", "1e6"])
+    assert "training diverged" in message and "no checkpoint yet" in message
+    assert not (tmp_path / "awd.pt").exists()
+    run(args + ["--overwrite"])  # a good run, then a diverging one over it
+    before = files_of(tmp_path)
+    message = bad_run(args + ["--overwrite", "--lr", "1e6"])
+    assert "training diverged" in message and "--lr" in message
+    assert f"{tmp_path / 'awd.pt'}, {tmp_path / 'awd.state.pt'} are kept" in message
+    assert files_of(tmp_path) == before
+
+
+def test_a_mid_epoch_save_resumes_like_never_stopping(random_text, tmp_path, monkeypatch):
+    common = TINY_AWD + ["--data", random_text, "--nonmono", "1", "--epochs", "3"]
+    run(common + ["--save", tmp_path / "straight.pt"])
+    saves = []
+    real_save = train.Trainer.save_state
+
+    def keep_mid_epoch_copies(self):
+        real_save(self)
+        if self.position is not None and self.epoch == 1:  # inside the second epoch
+            copy = tmp_path / f"mid{len(saves)}.state.pt"
+            copy.write_bytes((tmp_path / "every.state.pt").read_bytes())
+            saves.append(copy)
+
+    monkeypatch.setattr(train.Trainer, "save_state", keep_mid_epoch_copies)
+    # a state every 1e-6 minutes: after every batch
+    run(common + ["--save", tmp_path / "every.pt", "--save-every", "1e-6"])
+    monkeypatch.undo()
+    assert len(saves) > 3
+    middle = saves[len(saves) // 2]
+    state = checkpoint.load(str(middle), kind="state")
+    assert state["epoch"] == 1 and 0 < state["position"]["batches"]
+    assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
+                        final_state(tmp_path / "every.state.pt")[0])
+    run(["--resume", middle])  # continues the run saved at every.pt
+    assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
+                        final_state(tmp_path / "every.state.pt")[0])
+
+
+def test_checkpoints_csv_and_summary_say_where_the_run_came_from(random_text, tmp_path):
+    args = TINY_AWD + ["--data", random_text, "--max-batches", "3", "--save", tmp_path / "a.pt"]
+    run(args + ["--epochs", "1"])
+    run(["--resume", tmp_path / "a.state.pt", "--epochs", "2"])
+    state = checkpoint.load(str(tmp_path / "a.state.pt"), kind="state")
+    start_, resume = state["provenance"]
+    assert start_["command"] == shlex.join(["python", "train.py"] + [str(a) for a in args]
+                                           + ["--epochs", "1"])
+    assert resume["command"].startswith("python train.py --resume ")
+    digest = hashlib.sha256(open(os.path.join(random_text, "train.txt"), "rb").read())
+    assert start_["data_sha256"]["train"] == digest.hexdigest()
+    assert start_["torch"] == torch.__version__ and start_["date"].startswith("20")
+    assert checkpoint.load(str(tmp_path / "a.pt"))["provenance"][0] == start_
+    head = open(tmp_path / "a.csv").read().splitlines()[:6]
+    assert head[0].startswith("# started ") and any(line.startswith("# resumed ") for line in head)
+    assert json.load(open(tmp_path / "a.json"))["provenance"][1]["command"] == resume["command"]
+
+
+def test_running_out_of_memory_says_what_to_lower(random_text, tmp_path, monkeypatch):
+    import trainer as trainer_module
+
+    def out_of_memory(*args, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(trainer_module, "train_step", out_of_memory)
+    message = bad_run(TINY_AWD + ["--data", random_text, "--save", tmp_path / "awd.pt"])
+    assert "out of memory" in message and "lower --batch_size or --bptt" in message
+    assert not (tmp_path / "awd.lock").exists()
