@@ -142,10 +142,12 @@ def decay_rates(rms, decay, clip=True):
 
 
 @torch.no_grad()
-def dynamic_update(params, originals, rms, pulls, lr, eps):
-    """One step of the rule above on every weight, from the gradients in p.grad."""
-    for p, w0, r, pull in zip(params, originals, rms, pulls):
-        p.add_(-lr * p.grad / (r + eps) + pull * (w0 - p))
+def dynamic_update(params, originals, step_sizes, pulls):
+    """One step of the rule above on every weight, from the gradients in p.grad:
+    w += -step_size * g + pull * (w0 - w), with step_size = lr / (rms + eps), in place."""
+    for p, w0, step_size, pull in zip(params, originals, step_sizes, pulls):
+        pulled = (w0 - p).mul_(pull)
+        p.addcmul_(p.grad, step_size, value=-1).add_(pulled)
 
 
 def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress="dynamic"):
@@ -154,6 +156,7 @@ def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress=
     The model's weights are changed; `trainable_copy` gives a model to spend."""
     params = list(model.parameters())
     originals = [p.detach().clone() for p in params]
+    step_sizes = [lr / (r + eps) for r in rms]
     source = batchify(data, batch_size).to(originals[0].device)
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), dtype=torch.float64, device=originals[0].device)
@@ -166,7 +169,7 @@ def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress=
         logp = target_log_probs(out.logits, targets)  # as in plain evaluation, to the bit
         total -= logp.detach().double().sum()
         (-logp.mean()).backward()
-        dynamic_update(params, originals, rms, pulls, lr, eps)
+        dynamic_update(params, originals, step_sizes, pulls)
         if not bar.disable and n % 50 == 0:
             bar.set_postfix(ppl=f"{ppl(total.item() / ((row + len(inputs)) * batch_size)):.2f}")
     return total.item(), scored_targets(len(data), batch_size)
