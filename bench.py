@@ -26,8 +26,8 @@ import torch
 
 from bptt import train_step, windows
 from config import (COUNT, PRECISIONS, PRESETS, Parser, SettingsError, checked, describe_device,
-                    pick_device, set_precision)
-from data import DEFAULT_DATA, Corpus, batchify
+                    out_of_memory, pick_device, set_precision)
+from data import DEFAULT_DATA, Corpus, CorpusError, batchify
 from model import build_model, count_parameters, model_config
 
 # Shapes (emsize, nhid, nlayers, batch_size, bptt) when no flag says otherwise.
@@ -109,10 +109,19 @@ def main(argv=None):
                            help=f"{prefix} {name} (default: by device)")
     args = p.parse_args(argv)
     try:
-        device = pick_device(args.device)
-        set_precision(args.precision, device)
-    except SettingsError as e:
+        run(args)
+    except (CorpusError, SettingsError) as e:
         sys.exit(f"error: {e}")
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        sys.exit("error: out of memory; lower the batch size or BPTT of the shapes "
+                 "(--awd-batch-size, --awd-bptt, ...)")
+
+
+def run(args):
+    device = pick_device(args.device)
+    set_precision(args.precision, device)
     defaults = FULL if args.full or device.type == "cuda" else CPU_SMALL
     shapes = {kind: tuple(getattr(args, f"{kind}_{name}") or default
                           for name, default in zip(SHAPE, defaults[kind]))

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import sys
+import zipfile
 
 import torch
 
@@ -72,6 +73,9 @@ def check_output_file(path, flag):
         raise SettingsError(f"{flag} {path} is a directory; give a file name")
     if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise SettingsError(f"{flag} {path} cannot be written (permission denied)")
+    if os.path.isfile(path) and zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise SettingsError(f"{flag} {path} is a checkpoint (or another archive); writing "
+                            "there would destroy it, so choose another file")
 
 
 class Parser(argparse.ArgumentParser):
@@ -118,6 +122,12 @@ def describe_device(device):
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
     return f"{threads} thread{'s' if threads > 1 else ''}"
+
+
+def out_of_memory(error):
+    """Whether `error` (a MemoryError or RuntimeError) says the device ran out of memory."""
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(error) or "out of memory" in str(error))
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")

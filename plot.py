@@ -17,7 +17,7 @@ import os
 import statistics
 import sys
 
-from config import Parser
+from config import Parser, SettingsError, check_output_file
 from runlog import read_metrics
 
 REQUIRED = ("epoch", "seconds", "train_ppl", "valid_ppl", "lr", "event")
@@ -25,6 +25,9 @@ REQUIRED = ("epoch", "seconds", "train_ppl", "valid_ppl", "lr", "event")
 
 class RunError(ValueError):
     """A metrics file that cannot be plotted; the message names it."""
+
+
+IMAGE_TYPES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # what --out may write
 
 
 def run_label(path):
@@ -68,8 +71,12 @@ def read_run(path, label=None):
     summary_file = os.path.splitext(path)[0] + ".json"
     run["summary"] = {}
     if os.path.exists(summary_file):
-        with open(summary_file, encoding="utf-8") as f:
-            run["summary"] = json.load(f)
+        try:
+            with open(summary_file, encoding="utf-8") as f:
+                run["summary"] = json.load(f)
+        except (OSError, ValueError) as e:
+            raise RunError(f"cannot read the run summary {summary_file} ({e}); move it "
+                           "away to plot without it") from None
     return run
 
 
@@ -156,14 +163,15 @@ def main(argv=None):
     labels = args.labels.split(",") if args.labels else [None] * len(args.csv)
     if len(labels) != len(args.csv):
         p.error(f"--labels names {len(labels)} runs but {len(args.csv)} CSVs were given")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        p.error(f"--out: the directory {out_dir} does not exist")
+    if os.path.splitext(args.out)[1].lower() not in IMAGE_TYPES:
+        p.error(f"--out {args.out}: give an image file name ending in "
+                f"{', '.join(IMAGE_TYPES)}")
     try:
+        check_output_file(args.out, "--out")
         runs = [read_run(path, label) for path, label in zip(args.csv, labels)]
         print("\n".join(table(runs)))
         draw(runs, args.out)
-    except RunError as e:
+    except (RunError, SettingsError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -29,8 +29,8 @@ from bptt import evaluate, mean_seq_len, ppl
 from checkpoint import CheckpointError
 import budget
 from config import (COMMON, COUNT, DROPOUT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, PRESETS,
-                    SEED, Parser, SettingsError, checked, describe_device, pick_device,
-                    set_precision)
+                    SEED, Parser, SettingsError, checked, describe_device, out_of_memory,
+                    pick_device, set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError
 from model import architecture, count_parameters
 from runlog import RunLog, SaveLock, plural
@@ -391,8 +391,7 @@ def main(argv=None):
     except (CorpusError, CheckpointError, SettingsError, TrainingError) as e:
         sys.exit(f"error: {e}")
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
-        if not (isinstance(e, (MemoryError, torch.OutOfMemoryError))
-                or "can't allocate memory" in str(e) or "out of memory" in str(e)):
+        if not out_of_memory(e):
             raise
         sys.exit(f"error: out of memory ({checkpoint.one_line(e)[:120]}); lower --batch_size "
                  "or --bptt (or --eval-batch-size); files already saved are intact")

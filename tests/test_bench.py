@@ -48,3 +48,18 @@ def test_counts_below_one_are_one_clean_error_line():
         with pytest.raises(SystemExit) as exit_:
             bench.main([flag, "0"])
         assert exit_.value.code == f"error: {flag} must be at least 1 (got 0)"
+
+
+def test_a_missing_corpus_or_running_out_of_memory_is_one_clean_error_line(tmp_path,
+                                                                            monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--data", str(tmp_path / "nowhere")])
+    assert exit_.value.code.startswith("error: corpus directory ")
+
+    def out_of_memory(*args, **kw):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    monkeypatch.setattr(bench, "time_steps", out_of_memory)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--steps", "1", "--repeats", "1"])
+    assert exit_.value.code.startswith("error: out of memory; lower the batch size")

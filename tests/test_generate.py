@@ -137,3 +137,12 @@ def test_info_prints_how_the_checkpoint_was_trained(trained, capsys):
     assert "settings: " in out and "batch_size=4" in out
     assert "started 20" in out and "python train.py --model awd" in out
     assert "torch " + torch.__version__ in out and "sha256 train " in out
+
+
+def test_outf_never_overwrites_a_checkpoint(trained, tmp_path):
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(open(trained, "rb").read())
+    with pytest.raises(SystemExit) as exit_:
+        generate.main(["--checkpoint", trained, "--outf", str(copy)])
+    assert "is a checkpoint" in exit_.value.code
+    assert copy.read_bytes() == open(trained, "rb").read()

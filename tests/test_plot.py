@@ -82,3 +82,17 @@ def test_files_that_are_not_runs_are_refused(tmp_path, content, fragment):
     with pytest.raises(SystemExit) as exit_:
         plot.main([str(path), "-o", str(tmp_path / "x.png")])
     assert exit_.value.code.startswith("error: ") and fragment in exit_.value.code
+
+
+def test_an_output_that_is_no_image_or_a_broken_summary_is_refused(runs, tmp_path):
+    for out in (tmp_path / "x.pt", tmp_path / "curves.csv"):
+        with pytest.raises(SystemExit) as exit_:
+            plot.main(runs + ["-o", str(out)])
+        assert "give an image file name ending in .png" in exit_.value.code
+    copy = tmp_path / "run.csv"
+    copy.write_text(open(runs[0]).read())
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_:
+        plot.main([str(copy), "-o", str(tmp_path / "x.png")])
+    assert exit_.value.code.startswith("error: cannot read the run summary")
+    assert not (tmp_path / "x.png").exists()
