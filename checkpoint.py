@@ -21,6 +21,7 @@ import torch
 import provenance
 from data import Vocabulary
 from model import build_model, count_parameters
+from runlog import write_atomically
 
 FORMAT = "lstm-lm"
 VERSION = 1
@@ -44,20 +45,9 @@ def state_path(model_path):
 
 
 def save(path, checkpoint):
-    """Write atomically: to a temporary file beside `path`, flushed to disk, then renamed
-    over it, so an interrupted write never leaves a broken or missing checkpoint."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write atomically (runlog.write_atomically), so an interrupted write never leaves a
+    broken or missing checkpoint."""
+    write_atomically(path, lambda f: torch.save(checkpoint, f), binary=True)
 
 
 def load(path, kind=None):

@@ -6,17 +6,22 @@ paragraph per line, tokens separated by spaces). Two layouts are accepted:
     train.txt          valid.txt          test.txt            (Penn Treebank, Mikolov)
 Every line, blank ones included, ends with one `<eos>` token: this is the convention
 under which the published token counts hold (WikiText-2 train: 2,088,628 tokens).
+Files are streamed line by line into int64 ids, so memory stays near 8 bytes per token
+(a 100M-token corpus: about 1 GiB), and a large corpus is cached as ids beside its files.
 
 The file also holds the WikiText-style tokenizer for free text (`tokenize`) and its
 inverse (`detokenize`), which generate.py uses for prompts and for readable output.
 """
 
+import array
 import hashlib
 import os
 import re
 import sys
 
 import torch
+
+from runlog import write_atomically
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "wikitext-2")
 EOS = "<eos>"
@@ -62,28 +67,43 @@ class Vocabulary:
         return [self.idx2word[int(i)] for i in ids]
 
 
-def read_split(path):
-    """The tokens of one split file (each line's words plus `<eos>`) and the sha256 of its
-    bytes, which checkpoints record so that a model's data can be recognised later."""
+def read_split(path, vocab, grow):
+    """Stream one split file into token ids: each line's words plus `<eos>`; a word outside
+    `vocab` is added to it when `grow` (the training split), else read as `<unk>`.
+    Returns the ids (1-D int64), how many words became `<unk>` and the sha256 of the
+    file's bytes (which checkpoints record, so that a model's data can be recognised).
+    Memory stays at 8 bytes per token plus the vocabulary, whatever the file's size."""
+    ids, unknown, offset, has_text = array.array("q"), 0, 0, False
+    digest, lookup = hashlib.sha256(), vocab.word2idx
+    unk = None if grow else lookup[UNK]
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            for raw in f:  # lines as bytes, so that the sha256 sees the file as it is
+                digest.update(raw)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise CorpusError(
+                        f"{path} is not UTF-8 text (invalid byte at offset {offset + e.start}); "
+                        "expected a tokenized corpus with one sentence per line") from None
+                offset += len(raw)
+                for line in text.splitlines():  # as str.splitlines splits the whole text
+                    words = line.split()
+                    has_text = has_text or bool(words)
+                    for word in words:
+                        index = lookup.get(word)
+                        if index is None:
+                            if grow:
+                                index = vocab.add(word)
+                            else:
+                                index, unknown = unk, unknown + 1
+                        ids.append(index)
+                    ids.append(vocab.add(EOS) if grow else lookup[EOS])
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"{path} is not UTF-8 text (invalid byte at offset {e.start}); "
-            "expected a tokenized corpus with one sentence per line") from None
-    lines = text.splitlines()
-    if not any(line.strip() for line in lines):
+    if not has_text:
         raise CorpusError(f"{path} is empty; expected one tokenized sentence per line")
-    tokens = []
-    for line in lines:
-        tokens.extend(line.split())
-        tokens.append(EOS)
-    return tokens, hashlib.sha256(raw).hexdigest()
+    return torch.frombuffer(ids, dtype=torch.int64), unknown, digest.hexdigest()
 
 
 def split_paths(path):
@@ -104,33 +124,82 @@ def split_paths(path):
         "nor {train,valid,test}.txt")
 
 
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# A corpus whose training file is at least this large (WikiText-103's is 540 MB) is kept,
+# once read, as token ids in <corpus>/.corpus-cache.pt; a later read checks the files'
+# sha256 against it and loads the ids instead of tokenizing again.
+CACHE_MIN_BYTES = 64 * 2**20
+CACHE_NAME = ".corpus-cache.pt"
+CACHE_VERSION = 1
+
+
 class Corpus:
     """The three splits of a corpus as 1-D int64 tensors of token ids.
 
     The vocabulary is built from the training split (plus `<unk>` if it lacks one);
     words of the validation and test splits outside it are mapped to `<unk>`, and
     how many were mapped is printed once. `sha256` maps each split to its file's digest.
+    Large corpora are cached (CACHE_MIN_BYTES).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, cache_min_bytes=CACHE_MIN_BYTES):
         self.path = path
         paths = split_paths(path)
-        tokens, self.sha256 = {}, {}
-        for split in SPLITS:
-            tokens[split], self.sha256[split] = read_split(paths[split])
-        self.dictionary = Vocabulary(tokens["train"])
-        self.dictionary.add(UNK)
-        self.unk_replaced = {}
-        for split in SPLITS:
-            ids = self.dictionary.encode(tokens[split])
-            setattr(self, split, torch.tensor(ids, dtype=torch.int64))
-            if split != "train":
-                self.unk_replaced[split] = sum(t not in self.dictionary for t in tokens[split])
+        cached = os.path.getsize(paths["train"]) >= cache_min_bytes
+        if not (cached and self.load_cache(paths)):
+            self.dictionary, self.sha256, self.unk_replaced = Vocabulary(), {}, {}
+            for split in SPLITS:
+                ids, unknown, self.sha256[split] = read_split(paths[split], self.dictionary,
+                                                             grow=split == "train")
+                setattr(self, split, ids)
+                if split == "train":
+                    self.dictionary.add(UNK)
+                else:
+                    self.unk_replaced[split] = unknown
+            if cached:
+                self.save_cache()
         replaced = {split: n for split, n in self.unk_replaced.items() if n}
         if replaced:
             counts = ", ".join(f"{n:,} in {split}" for split, n in replaced.items())
             print(f"{path}: mapped words missing from the training vocabulary to {UNK}: "
                   f"{counts}", file=sys.stderr)
+
+    def load_cache(self, paths):
+        """Take the splits from the cache when it holds these very files; False otherwise
+        (no cache, another version, other files, or a damaged one)."""
+        cache = os.path.join(self.path, CACHE_NAME)
+        if not os.path.exists(cache):
+            return False
+        sha256 = {split: file_sha256(paths[split]) for split in SPLITS}
+        try:
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            if saved["version"] != CACHE_VERSION or saved["sha256"] != sha256:
+                return False
+            self.dictionary = Vocabulary(saved["vocab"])
+            self.train, self.valid, self.test = saved["train"], saved["valid"], saved["test"]
+            self.unk_replaced = saved["unk_replaced"]
+        except Exception:  # a damaged or foreign file: read the corpus instead
+            return False
+        self.sha256 = sha256
+        return True
+
+    def save_cache(self):
+        cache = os.path.join(self.path, CACHE_NAME)
+        contents = dict(version=CACHE_VERSION, sha256=self.sha256,
+                        vocab=self.dictionary.idx2word, train=self.train, valid=self.valid,
+                        test=self.test, unk_replaced=self.unk_replaced)
+        try:
+            write_atomically(cache, lambda f: torch.save(contents, f), binary=True)
+        except OSError as e:
+            print(f"note: could not cache the token ids in {cache} ({e.strerror}); the next "
+                  "read tokenizes the corpus again", file=sys.stderr)
 
 
 # Batching for truncated BPTT.

@@ -44,11 +44,16 @@ def read_metrics(path):
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
-def write_atomically(path, write):
+def write_atomically(path, write, binary=False):
+    """Call write(f) on a temporary file beside `path`, flush it to disk and rename it over
+    `path`: an interrupted write never leaves a broken or missing file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with (open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8")) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

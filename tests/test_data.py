@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import data
 from data import (EOS, UNK, Corpus, CorpusError, Vocabulary, batchify, detokenize,
                   get_batch, tokenize)
 
@@ -163,3 +164,31 @@ def test_tokenize_inverts_detokenize_on_real_lines():
     assert len(kept) >= 0.9 * len(lines)
     for marker in ["@-@", "@,@", "@.@", "'s", "'t", '"', "(", "$", "%", "="]:
         assert any(marker in tokens for tokens in kept), marker
+
+
+def test_a_large_corpus_is_cached_and_the_cache_follows_the_files(tmp_path, monkeypatch,
+                                                                  capsys):
+    path = write_corpus(tmp_path / "c", "a b a\nc\n", "a z\n", "y y b\n")
+    first = Corpus(path, cache_min_bytes=0)  # every corpus counts as large here
+    assert os.path.exists(os.path.join(path, data.CACHE_NAME))
+
+    def no_reading(*args, **kw):
+        raise AssertionError("read the files although the cache holds them")
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "read_split", no_reading)
+        again = Corpus(path, cache_min_bytes=0)
+    assert again.dictionary.idx2word == first.dictionary.idx2word
+    for split in ("train", "valid", "test"):
+        assert torch.equal(getattr(again, split), getattr(first, split))
+    assert again.sha256 == first.sha256 and again.unk_replaced == first.unk_replaced
+    assert "1 in valid, 2 in test" in capsys.readouterr().err  # said on every read
+
+    (tmp_path / "c" / "test.txt").write_text("c c\n")  # other files: the cache is stale
+    changed = Corpus(path, cache_min_bytes=0)
+    assert changed.dictionary.decode(changed.test) == ["c", "c", EOS]
+    open(os.path.join(path, data.CACHE_NAME), "wb").write(b"damaged")
+    assert torch.equal(Corpus(path, cache_min_bytes=0).test, changed.test)
+    small = write_corpus(tmp_path / "small", "a\n", "a\n", "a\n")
+    Corpus(small)  # below CACHE_MIN_BYTES: read directly, nothing written
+    assert sorted(os.listdir(small)) == ["test.txt", "train.txt", "valid.txt"]
