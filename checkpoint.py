@@ -131,8 +131,8 @@ def one_line(error):
 
 def build(path, checkpoint):
     """The model a checkpoint describes, with its weights loaded; a configuration that
-    builds no model, weights that do not fit it or that are not finite (a run that
-    diverged) become a CheckpointError."""
+    builds no model, weights that do not fit it, that are not finite (a run that diverged)
+    or tied ones that differ (an edit) become a CheckpointError."""
     try:
         model = build_model(checkpoint["config"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -143,12 +143,18 @@ def build(path, checkpoint):
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: the weights do not fit the stored configuration "
                               f"({one_line(e)})") from None
-    broken = [name for name, t in checkpoint["model"].items()
+    weights = checkpoint["model"]
+    broken = [name for name, t in weights.items()
               if t.is_floating_point() and not torch.isfinite(t).all()]
     if broken:
         raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in "
                               f"{', '.join(broken[:3])}): it was saved from a run that "
                               "diverged and cannot be used")
+    if checkpoint["config"].get("tied") and not torch.equal(weights["encoder.weight"],
+                                                            weights["decoder.weight"]):
+        raise CheckpointError(f"{path}: its configuration ties the decoder to the embedding, "
+                              "but encoder.weight and decoder.weight differ: it was changed "
+                              "after train.py wrote it")
     return model
 
 

@@ -108,12 +108,18 @@ def wrong_config_type(c):
     c["config"]["nhid"] = "twelve"
 
 
-def nan_weights(c):
-    c["model"]["encoder.weight"] = torch.full_like(c["model"]["encoder.weight"], float("nan"))
+def nan_weights(c):  # the tied matrix, under both of its names
+    nan = torch.full_like(c["model"]["encoder.weight"], float("nan"))
+    c["model"]["encoder.weight"] = c["model"]["decoder.weight"] = nan
+
+
+def untied(c):
+    c["model"]["encoder.weight"] = c["model"]["encoder.weight"] + 1.0
 
 
 EDITS = [(without_vocab, "lacks vocab"), (wrong_shape, "weights do not fit"),
-         (wrong_config_type, "does not make a model"), (nan_weights, "non-finite weights")]
+         (wrong_config_type, "does not make a model"), (nan_weights, "non-finite weights"),
+         (untied, "encoder.weight and decoder.weight differ")]
 
 
 def run_entry_point(tool, path, root):
