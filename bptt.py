@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import batchify, get_batch
@@ -78,7 +77,7 @@ def train_step(model, optimizer, inputs, targets, hidden, lr, s):
     bf16 = s.get("precision") == "bf16"
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(inputs, detach_hidden(hidden))
-        loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+        loss = model.loss(out, targets)
         penalty = activation_regularization(out, s["alpha"], s["beta"])
     optimizer.zero_grad(set_to_none=True)
     (loss + penalty).backward()
@@ -93,12 +92,6 @@ def progress_bar(iterable=None, desc=None, **kwargs):
     """A tqdm bar on a terminal only: redirected output (log files) gets none."""
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
                 disable=desc is None or not sys.stderr.isatty(), **kwargs)
-
-
-def target_log_probs(logits, targets):
-    """log p(target) at every position: (T, batch, ntoken) logits, (T, batch) targets ->
-    (T, batch), computed in float32 whatever the logits' precision."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)
 
 
 @torch.no_grad()
@@ -117,7 +110,7 @@ def evaluate(model, data, batch_size, bptt, progress=None, on_segment=None):
     for n, (row, inputs, targets) in enumerate(bar):
         out = model(inputs, hidden)
         hidden = out.hidden
-        logp = target_log_probs(out.logits, targets)
+        logp = model.target_log_probs(out, targets)  # (T, batch), float32
         total -= logp.double().sum()
         if on_segment is not None:
             on_segment(logp, out.raw_output, targets)

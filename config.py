@@ -28,7 +28,7 @@ PRESETS = {
 # optimizer; the one-cycle schedule's warm-up fraction and, for a planned run (a budget or
 # --schedule onecycle), the fraction of its steps after which the weights are averaged.
 COMMON = dict(eval_batch_size=10, test_batch_size=1, precision="fp32", optimizer="sgd",
-              warmup=0.3, average_start=0.75, budget_minutes=None)
+              warmup=0.3, average_start=0.75, budget_minutes=None, cutoffs=[])
 
 
 class SettingsError(ValueError):
@@ -61,6 +61,17 @@ NON_NEGATIVE = checked(float, lambda v: v >= 0, "not be negative")
 DROPOUT = checked(float, lambda v: 0 <= v < 1, "be in [0, 1)")
 FRACTION = checked(float, lambda v: 0 <= v <= 1, "be in [0, 1]")
 SEED = checked(int, lambda v: 0 <= v < 2**32, "be in [0, 2**32)")
+
+
+def cutoff_list(text):
+    """An argparse type: "20000,60000" -> [20000, 60000], positive and increasing."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers (got {text!r})")
+    if any(v < 1 for v in values) or any(a >= b for a, b in zip(values, values[1:])):
+        raise argparse.ArgumentTypeError(f"must be positive and increasing (got {text})")
+    return values
 
 
 def check_output_file(path, flag):

@@ -24,11 +24,10 @@ import math
 import sys
 
 import torch
-import torch.nn.functional as F
 
 import checkpoint
 import provenance
-from bptt import evaluate, ppl, progress_bar, scored_targets, target_log_probs, windows
+from bptt import evaluate, ppl, progress_bar, scored_targets, windows
 from checkpoint import CheckpointError
 from config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Parser, SettingsError, pick_device
 from data import DEFAULT_DATA, Corpus, CorpusError, batchify
@@ -124,9 +123,10 @@ def gradient_rms(model, data, batch_size, bptt, batches=None):
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
         hidden = out.hidden
-        F.cross_entropy(out.logits.flatten(0, 1), targets.flatten()).backward()
+        model.loss(out, targets).backward()
         for square, p in zip(squares, model.parameters()):
-            square += p.grad ** 2
+            if p.grad is not None:  # (an adaptive softmax cluster no target reached: zero)
+                square += p.grad ** 2
         n += 1
     return [torch.sqrt(square / n) for square in squares]
 
@@ -147,7 +147,9 @@ def dynamic_update(params, originals, step_sizes, pulls):
     w += -step_size * g + pull * (w0 - w), with step_size = lr / (rms + eps), in place."""
     for p, w0, step_size, pull in zip(params, originals, step_sizes, pulls):
         pulled = (w0 - p).mul_(pull)
-        p.addcmul_(p.grad, step_size, value=-1).add_(pulled)
+        if p.grad is not None:  # (an adaptive softmax cluster no target reached: no step)
+            p.addcmul_(p.grad, step_size, value=-1)
+        p.add_(pulled)
 
 
 def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress="dynamic"):
@@ -166,7 +168,7 @@ def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress=
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
         hidden = out.hidden
-        logp = target_log_probs(out.logits, targets)  # as in plain evaluation, to the bit
+        logp = model.target_log_probs(out, targets)  # as in plain evaluation, to the bit
         total -= logp.detach().double().sum()
         (-logp.mean()).backward()
         dynamic_update(params, originals, step_sizes, pulls)

@@ -54,7 +54,7 @@ def generate(model, vocab, prompt_tokens, words, temperature=1.0, top_k=0, top_p
     generator = torch.Generator().manual_seed(seed)  # sampling on the CPU: same seed, same text
     context = vocab.encode(prompt_tokens or [EOS])
     out = model(torch.tensor(context, device=device).view(-1, 1), model.init_hidden(1))
-    hidden, logits = out.hidden, out.logits[-1, 0].float().cpu()
+    hidden, logits = out.hidden, model.scores(out)[-1, 0].float().cpu()
     banned = None if allow_unk or UNK not in vocab else vocab.word2idx[UNK]
     sampled = []
     for _ in range(words):
@@ -63,7 +63,7 @@ def generate(model, vocab, prompt_tokens, words, temperature=1.0, top_k=0, top_p
         token = next_token(logits, temperature, top_k, top_p, generator)
         sampled.append(vocab.idx2word[token])
         out = model(torch.tensor([[token]], device=device), hidden)
-        hidden, logits = out.hidden, out.logits[-1, 0].float().cpu()
+        hidden, logits = out.hidden, model.scores(out)[-1, 0].float().cpu()
     return list(prompt_tokens) + sampled
 
 

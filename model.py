@@ -10,9 +10,16 @@ Both share one interface, so train.py, generate.py and evaluate.py treat them al
     model = build_model(config)
     hidden = model.init_hidden(batch_size)
     out = model(tokens, hidden)                  # tokens: (seq, batch) int64
-    out.logits                                   # (seq, batch, ntoken)
     out.hidden                                   # state to feed the next window
     out.raw_output, out.dropped_output           # last layer, before/after dropout (AR/TAR)
+    model.loss(out, targets)                     # mean cross-entropy, to train on
+    model.target_log_probs(out, targets)         # (seq, batch) log p(target), float32
+    model.scores(out)                            # (seq, batch, ntoken) log p up to a constant
+
+Both end in a full softmax (out.logits: (seq, batch, ntoken)) or, with `cutoffs`, in
+torch's adaptive softmax (Grave et al. 2017), which for a large vocabulary scores the
+frequent words in a small head and the rare ones in smaller clusters, never forming all
+ntoken logits in training (out.logits is then None).
 """
 
 import inspect
@@ -25,7 +32,7 @@ from torch.func import functional_call
 
 
 class ModelOutput(NamedTuple):
-    logits: torch.Tensor  # (seq, batch, ntoken)
+    logits: torch.Tensor  # (seq, batch, ntoken); None under an adaptive softmax
     hidden: object  # per model: see init_hidden
     raw_output: torch.Tensor  # (seq, batch, features) last LSTM layer's output
     dropped_output: torch.Tensor  # the same after output dropout; the decoder reads it
@@ -89,17 +96,82 @@ class WeightDropLSTM(nn.Module):
         return functional_call(self.lstm, {"weight_hh_l0": dropped}, (x, hidden), strict=False)
 
 
+# --- The output layer ----------------------------------------------------------------------
+
+CLUSTER_SHRINK = 4  # each tail cluster of an adaptive softmax is 4x narrower than the one before
+
+def output_layer(features, ntoken, cutoffs, tied):
+    """A linear decoder (a full softmax over ntoken words), or with `cutoffs` (frequency
+    ranks where the head ends and each tail cluster ends) torch's adaptive softmax. The
+    adaptive softmax has no single (ntoken, features) matrix, so it cannot be tied to the
+    embedding."""
+    if not cutoffs:
+        return nn.Linear(features, ntoken)
+    if tied:
+        raise ValueError("an adaptive softmax (cutoffs) has no single output matrix to tie to "
+                         "the embedding; turn tying off (--no-tied)")
+    if features // CLUSTER_SHRINK ** len(cutoffs) < 1:
+        raise ValueError(f"the last cluster of an adaptive softmax with {len(cutoffs)} cutoffs "
+                         f"would have no features ({features} // {CLUSTER_SHRINK}^"
+                         f"{len(cutoffs)}); use fewer cutoffs or a wider last layer")
+    return nn.AdaptiveLogSoftmaxWithLoss(features, ntoken, list(cutoffs),
+                                         div_value=float(CLUSTER_SHRINK))
+
+
+class WordScores:
+    """What both models compute from their last layer, for a full or an adaptive softmax.
+    The adaptive softmax sorts words by frequency (its head holds the commonest), while
+    vocabularies here number words in order of first appearance: an adaptive model keeps
+    the buffer `word_rank` (word id -> frequency rank, set by order_words_by_frequency
+    from the training split) and its checkpoints carry it."""
+
+    @property
+    def adaptive(self):
+        return isinstance(self.decoder, nn.AdaptiveLogSoftmaxWithLoss)
+
+    def order_words_by_frequency(self, counts):
+        """counts: (ntoken,) occurrences of each word id in the training split."""
+        order = torch.argsort(-counts.to(torch.float64), stable=True)  # rank -> word id
+        self.word_rank.copy_(torch.argsort(order))  # word id -> rank
+
+    def loss(self, out, targets):
+        """Mean cross-entropy of (seq, batch) targets."""
+        if self.adaptive:
+            flat = out.dropped_output.flatten(0, 1)
+            return self.decoder(flat, self.word_rank[targets.flatten()]).loss
+        return F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+
+    def target_log_probs(self, out, targets):
+        """log p(target) at every position, (seq, batch), computed in float32."""
+        if self.adaptive:
+            flat = out.dropped_output.flatten(0, 1).float()
+            ranks = self.word_rank[targets.flatten()]
+            return self.decoder(flat, ranks).output.view(targets.shape)
+        return torch.log_softmax(out.logits.float(), dim=-1).gather(
+            2, targets.unsqueeze(2)).squeeze(2)
+
+    def scores(self, out):
+        """(seq, batch, ntoken) log-probabilities up to a constant per position, by word id:
+        the logits of a full softmax, the log-probabilities of an adaptive one."""
+        if self.adaptive:
+            flat = out.dropped_output.flatten(0, 1).float()
+            by_rank = self.decoder.log_prob(flat)  # (seq * batch, ntoken), rank order
+            return by_rank[:, self.word_rank].view(*out.dropped_output.shape[:2], -1)
+        return out.logits
+
+
 # --- Models ------------------------------------------------------------------------------
 
-class AWDLSTM(nn.Module):
+class AWDLSTM(WordScores, nn.Module):
     """AWD-LSTM. Defaults are the paper's WikiText-2 model (33.6M parameters)."""
 
     def __init__(self, ntoken, emsize=400, nhid=1150, nlayers=3, dropout=0.4, dropouth=0.2,
-                 dropouti=0.65, dropoute=0.1, wdrop=0.5, tied=True):
+                 dropouti=0.65, dropoute=0.1, wdrop=0.5, tied=True, cutoffs=()):
         super().__init__()
         self.config = dict(model="awd", ntoken=ntoken, emsize=emsize, nhid=nhid,
                            nlayers=nlayers, dropout=dropout, dropouth=dropouth,
-                           dropouti=dropouti, dropoute=dropoute, wdrop=wdrop, tied=tied)
+                           dropouti=dropouti, dropoute=dropoute, wdrop=wdrop, tied=tied,
+                           cutoffs=list(cutoffs))
         self.dropout, self.dropouth, self.dropouti, self.dropoute = (
             dropout, dropouth, dropouti, dropoute)
         self.encoder = nn.Embedding(ntoken, emsize)
@@ -110,17 +182,20 @@ class AWDLSTM(nn.Module):
         self.rnns = nn.ModuleList(
             WeightDropLSTM(sizes[i], sizes[i + 1], wdrop) for i in range(nlayers))
         self.lockdrop = LockedDropout()
-        self.decoder = nn.Linear(last, ntoken)
+        self.decoder = output_layer(last, ntoken, cutoffs, tied)
+        if self.adaptive:
+            self.register_buffer("word_rank", torch.arange(ntoken))
         if tied:
             self.decoder.weight = self.encoder.weight
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        if not tied:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
+        if not self.adaptive:  # (the adaptive softmax keeps torch's initialisation)
+            if not tied:
+                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+            nn.init.zeros_(self.decoder.bias)
 
     def init_hidden(self, batch_size):
         """A list with one (h, c) pair per layer, each (1, batch, layer width), zeros."""
-        weight = self.decoder.weight
+        weight = self.encoder.weight
         return [(weight.new_zeros(1, batch_size, rnn.lstm.hidden_size),
                  weight.new_zeros(1, batch_size, rnn.lstm.hidden_size)) for rnn in self.rnns]
 
@@ -134,33 +209,38 @@ class AWDLSTM(nn.Module):
             if layer < len(self.rnns) - 1:
                 x = self.lockdrop(x, self.dropouth)
         dropped = self.lockdrop(x, self.dropout)  # (seq, batch, last)
-        return ModelOutput(self.decoder(dropped), new_hidden, x, dropped)
+        logits = None if self.adaptive else self.decoder(dropped)
+        return ModelOutput(logits, new_hidden, x, dropped)
 
 
-class LSTMModel(nn.Module):
+class LSTMModel(WordScores, nn.Module):
     """The baseline. Defaults are the PyTorch example's "medium" model (650 wide, tied)."""
 
-    def __init__(self, ntoken, emsize=650, nhid=650, nlayers=2, dropout=0.5, tied=True):
+    def __init__(self, ntoken, emsize=650, nhid=650, nlayers=2, dropout=0.5, tied=True,
+                 cutoffs=()):
         super().__init__()
         if tied and nhid != emsize:
             raise ValueError(f"tied weights need nhid == emsize (got {nhid} and {emsize}); "
                              "set them equal or turn tying off")
         self.config = dict(model="lstm", ntoken=ntoken, emsize=emsize, nhid=nhid,
-                           nlayers=nlayers, dropout=dropout, tied=tied)
+                           nlayers=nlayers, dropout=dropout, tied=tied, cutoffs=list(cutoffs))
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(ntoken, emsize)
         self.rnn = nn.LSTM(emsize, nhid, nlayers, dropout=dropout if nlayers > 1 else 0.0)
-        self.decoder = nn.Linear(nhid, ntoken)
+        self.decoder = output_layer(nhid, ntoken, cutoffs, tied)
+        if self.adaptive:
+            self.register_buffer("word_rank", torch.arange(ntoken))
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
         if tied:
             self.decoder.weight = self.encoder.weight
-        else:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        if not self.adaptive:  # (the adaptive softmax keeps torch's initialisation)
+            nn.init.zeros_(self.decoder.bias)
+            if not tied:
+                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
     def init_hidden(self, batch_size):
         """An (h, c) pair, each (nlayers, batch, nhid), zeros."""
-        weight = self.decoder.weight
+        weight = self.encoder.weight
         shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
         return (weight.new_zeros(shape), weight.new_zeros(shape))
 
@@ -168,7 +248,8 @@ class LSTMModel(nn.Module):
         x = self.drop(self.encoder(tokens))
         output, hidden = self.rnn(x, hidden)
         dropped = self.drop(output)
-        return ModelOutput(self.decoder(dropped), hidden, output, dropped)
+        logits = None if self.adaptive else self.decoder(dropped)
+        return ModelOutput(logits, hidden, output, dropped)
 
 
 MODELS = {"awd": AWDLSTM, "lstm": LSTMModel}

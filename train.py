@@ -29,10 +29,10 @@ from bptt import evaluate, mean_seq_len, ppl
 from checkpoint import CheckpointError
 import budget
 from config import (COMMON, COUNT, DROPOUT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, PRESETS,
-                    SEED, Parser, SettingsError, checked, describe_device, out_of_memory,
-                    pick_device, set_precision)
+                    SEED, Parser, SettingsError, checked, cutoff_list, describe_device,
+                    out_of_memory, pick_device, set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError
-from model import architecture, count_parameters
+from model import CLUSTER_SHRINK, architecture, count_parameters
 from runlog import RunLog, SaveLock, plural
 from trainer import OPTIMIZERS, StopRequest, Trainer, TrainingError
 
@@ -67,6 +67,10 @@ def parse_args(argv=None):
     preset("wdrop", DROPOUT, "DropConnect on the hidden-to-hidden matrices (awd)")
     p.add_argument("--tied", action=argparse.BooleanOptionalAction, default=None,
                    help="tie decoder and embedding weights [awd: True, lstm: True]")
+    p.add_argument("--cutoffs", type=cutoff_list, default=None, metavar="N,N,...",
+                   help="an adaptive softmax instead of the full one, for large vocabularies: "
+                        "the frequency ranks where its head and each cluster end, e.g. "
+                        "20000,60000 (needs --no-tied) [full softmax]")
     preset("lr", POSITIVE, "SGD learning rate")
     preset("clip", POSITIVE, "gradient clipping (total norm)")
     preset("epochs", COUNT, "epochs to train (the upper limit when fine-tuning)")
@@ -189,6 +193,15 @@ def resolve_settings(args):
             f"--model lstm ties the decoder to the embedding, which needs --emsize equal to "
             f"--nhid (got {settings['emsize']} and {settings['nhid']}); make them equal or "
             "pass --no-tied")
+    if settings["cutoffs"] and settings["tied"]:
+        raise SettingsError(
+            "--cutoffs makes the output layer an adaptive softmax, which has no single output "
+            "matrix to tie to the embedding; add --no-tied")
+    if settings["nhid"] // CLUSTER_SHRINK ** len(settings["cutoffs"]) < 1:
+        raise SettingsError(
+            f"with {len(settings['cutoffs'])} --cutoffs the adaptive softmax's last cluster "
+            f"would have no features (--nhid {settings['nhid']} shrinks {CLUSTER_SHRINK}x per "
+            "cluster); give fewer cutoffs or a larger --nhid")
     settings.setdefault("data", DEFAULT_DATA)
     settings["save"] = args.save or os.path.join("checkpoints", f"{model}.pt")
     return settings, None
@@ -292,14 +305,19 @@ def check_corpus_fits(s, corpus, device):
             raise SettingsError(
                 f"{flag} {batch} is too large for the {split} split of {tokens:,} tokens: each "
                 f"of the {batch} columns needs at least 2 tokens; use at most {tokens // 2}")
+    words, cutoffs = len(corpus.dictionary), s.get("cutoffs") or []
+    if cutoffs and cutoffs[-1] >= words:
+        raise SettingsError(f"--cutoffs must stay below the vocabulary's {words:,} words (got "
+                            f"{','.join(map(str, cutoffs))})")
     longest = s["bptt"] + (15 if s["variable_bptt"] else 0)  # 3 sd above the mean
-    logits = 3 * 4 * longest * s["batch_size"] * len(corpus.dictionary)  # fp32 logits, grads
+    outputs = cutoffs[0] + len(cutoffs) if cutoffs else words  # the (adaptive) head's width
+    logits = 3 * 4 * longest * s["batch_size"] * outputs  # fp32 logits and their gradients
     available = (torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else
                  os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if logits > available:
         raise SettingsError(
             f"a training window of --bptt {s['bptt']} x --batch_size {s['batch_size']} over "
-            f"{len(corpus.dictionary):,} words needs about {logits / 2**30:,.1f} GiB for its "
+            f"{outputs:,} outputs needs about {logits / 2**30:,.1f} GiB for its "
             f"output layer alone, more than the {available / 2**30:,.1f} GiB of this "
             f"{device.type}; lower --bptt or --batch_size")
     if s["variable_bptt"] and abs(mean_seq_len(s["bptt"]) - s["bptt"]) > 0.1 * s["bptt"]:

@@ -110,7 +110,11 @@ class Trainer:
         self.corpus = corpus
         self.device = device
         torch.manual_seed(s["seed"])
-        self.model = build_model(model_config(s, len(corpus.dictionary))).to(device)
+        self.model = build_model(model_config(s, len(corpus.dictionary)))
+        if self.model.adaptive:  # the adaptive softmax wants words in frequency order
+            self.model.order_words_by_frequency(
+                torch.bincount(corpus.train, minlength=len(corpus.dictionary)))
+        self.model.to(device)
         if weights is not None:  # fine-tuning starts from a trained model's weights
             self.model.load_state_dict(weights)
         self.optimizer = make_optimizer(s, self.model.parameters())

@@ -12,7 +12,7 @@ import checkpoint
 import evaluate
 import train
 from data import Corpus, batchify
-from model import ModelOutput, detach_hidden
+from model import ModelOutput, WordScores, detach_hidden
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +106,10 @@ def test_dynamic_evaluation_with_zero_learning_rate_is_plain(trained):
         assert torch.equal(p, q)
 
 
-class BiasOnly(torch.nn.Module):
+class BiasOnly(WordScores, torch.nn.Module):
     """A language model whose whole state is one parameter tensor: logits = b everywhere."""
+
+    decoder = None  # a full softmax over `logits`
 
     def __init__(self, b):
         super().__init__()

@@ -167,3 +167,33 @@ def test_a_model_rebuilt_from_its_config_computes_the_same_function():
 def test_build_model_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="unknown model 'gru'"):
         build_model(dict(model="gru", ntoken=10))
+
+
+# --- The adaptive softmax ------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["awd", "lstm"])
+def test_adaptive_softmax_is_a_distribution_over_every_word(kind):
+    torch.manual_seed(0)
+    model = build_model(dict(model=kind, ntoken=60, emsize=8, nhid=16, nlayers=2, tied=False,
+                             cutoffs=[10, 30])).eval()
+    model.order_words_by_frequency(torch.randint(0, 100, (60,)))
+    tokens, targets = torch.randint(0, 60, (5, 3)), torch.randint(0, 60, (5, 3))
+    out = model(tokens, model.init_hidden(3))
+    assert out.logits is None
+    log_probs = model.scores(out)  # (5, 3, 60), by word id
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(5, 3), atol=1e-5)
+    by_hand = log_probs.gather(2, targets.unsqueeze(2)).squeeze(2)
+    assert torch.allclose(model.target_log_probs(out, targets), by_hand, atol=1e-5)
+    assert torch.isclose(model.loss(out, targets), -by_hand.mean(), atol=1e-5)
+
+
+def test_adaptive_softmax_puts_the_commonest_words_in_its_head():
+    model = LSTMModel(6, emsize=4, nhid=4, nlayers=1, tied=False, cutoffs=[2])
+    model.order_words_by_frequency(torch.tensor([5, 50, 1, 30, 0, 2]))
+    assert model.word_rank.tolist() == [2, 0, 4, 1, 5, 3]  # word 1 is the commonest
+    assert "word_rank" in model.state_dict()  # checkpoints carry the order
+    with pytest.raises(ValueError, match="no single output matrix"):
+        LSTMModel(6, emsize=4, nhid=4, nlayers=1, tied=True, cutoffs=[2])
+    assert "word_rank" not in LSTMModel(6, emsize=4, nhid=4).state_dict()  # full softmax
+    with pytest.raises(ValueError, match="would have no features"):
+        LSTMModel(60, emsize=4, nhid=4, nlayers=1, tied=False, cutoffs=[10, 30])

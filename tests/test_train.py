@@ -482,3 +482,28 @@ def test_running_out_of_memory_says_what_to_lower(random_text, tmp_path, monkeyp
     message = bad_run(TINY_AWD + ["--data", random_text, "--save", tmp_path / "awd.pt"])
     assert "out of memory" in message and "lower --batch_size or --bptt" in message
     assert not (tmp_path / "awd.lock").exists()
+
+
+def test_an_adaptive_softmax_model_trains_evaluates_and_samples(repeating, tmp_path, capsys):
+    import evaluate
+    import generate
+    save = tmp_path / "lstm.pt"
+    tiny = ["--model", "lstm", "--data", repeating, "--emsize", "24", "--nhid", "24",
+            "--dropout", "0", "--batch_size", "4", "--bptt", "10", "--lr", "5", "--epochs", "8",
+            "--save", save]
+    assert "add --no-tied" in bad_run(tiny + ["--cutoffs", "4,8"])
+    assert "below the vocabulary's 12 words" in bad_run(tiny + ["--cutoffs", "4,12",
+                                                                "--no-tied"])
+    assert "would have no features" in bad_run(tiny + ["--cutoffs", "2,4,6", "--no-tied"])
+    run(tiny + ["--cutoffs", "6", "--no-tied"])  # the head: 6 words, a cluster: 6 more
+    saved = checkpoint.load(str(save))
+    assert saved["config"]["cutoffs"] == [6] and "word_rank" in saved["model"]
+    assert saved["valid_ppl"] < 1.5  # it learns the corpus, like the full softmax
+    capsys.readouterr()
+    evaluate.main(["--checkpoint", str(save), "--cache"])
+    evaluate.main(["--checkpoint", str(save), "--dynamic", "--dyn-stat-batches", "3"])
+    out = capsys.readouterr().out
+    assert "cache (W" in out and "dynamic (lr" in out
+    generate.main(["--checkpoint", str(save), "--words", "12", "--raw", "--prompt", "a b c",
+                   "--temperature", "0"])
+    assert capsys.readouterr().out.startswith("a b c d e f g h i j")
