@@ -98,7 +98,8 @@ class WeightDropLSTM(nn.Module):
 
 # --- The output layer ----------------------------------------------------------------------
 
-CLUSTER_SHRINK = 4  # each tail cluster of an adaptive softmax is 4x narrower than the one before
+CLUSTER_SHRINK = 4  # each tail cluster of an adaptive softmax is 4x narrower than the last
+
 
 def output_layer(features, ntoken, cutoffs, tied):
     """A linear decoder (a full softmax over ntoken words), or with `cutoffs` (frequency
