@@ -158,8 +158,10 @@ def build(path, checkpoint):
     return model
 
 
-def describe(path, checkpoint):
-    """What --info prints: the model, how far it was trained, its settings and provenance."""
+def describe(path):
+    """What --info prints for a checkpoint of either kind: the model, how far it was
+    trained, its settings and provenance."""
+    checkpoint = load(path)
     try:
         n_params = f"{count_parameters(build_model(checkpoint['config'])):,} parameters"
     except (KeyError, TypeError, ValueError, RuntimeError):

@@ -218,6 +218,16 @@ class Corpus:
 # shifted down by one as targets, so each column is read as one running text and the
 # hidden state of a window carries over to the next window of the same column.
 
+def check_batch_size(corpus, split, batch_size, flag):
+    """Refuse, naming `flag`, a batch size that would leave each column of `split` fewer
+    than the 2 tokens a window needs (the rule batchify enforces), before any work."""
+    tokens = len(getattr(corpus, split))
+    if tokens // batch_size < 2:
+        raise CorpusError(f"{flag} {batch_size} is too large for the {split} split of "
+                          f"{tokens:,} tokens: each of the {batch_size} columns needs at "
+                          f"least 2 tokens; use at most {tokens // 2:,}")
+
+
 def batchify(data, batch_size):
     """(N,) token ids -> (N // batch_size, batch_size), each column a contiguous stream."""
     steps = data.size(0) // batch_size

@@ -30,7 +30,7 @@ import provenance
 from bptt import evaluate, ppl, progress_bar, scored_targets, windows
 from checkpoint import CheckpointError
 from config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Parser, SettingsError, pick_device
-from data import DEFAULT_DATA, Corpus, CorpusError, batchify
+from data import DEFAULT_DATA, Corpus, CorpusError, batchify, check_batch_size
 from model import build_model, detach_hidden, without_dropout
 
 
@@ -282,7 +282,7 @@ def run_dynamic(args, model, corpus, data, count):
 
 def run(args):
     if args.info:
-        print("\n".join(checkpoint.describe(args.checkpoint, checkpoint.load(args.checkpoint))))
+        print("\n".join(checkpoint.describe(args.checkpoint)))
         return
     device = pick_device(args.device)
     model, _, saved = checkpoint.load_model(args.checkpoint, device)
@@ -298,10 +298,7 @@ def run(args):
     if args.dynamic or args.tune_dynamic:
         needs.append(("train", "--dyn-stat-batch-size", args.dyn_stat_batch_size))
     for split, flag, batch in needs:
-        tokens = len(getattr(corpus, split))
-        if tokens // batch < 2:
-            raise SettingsError(f"{flag} {batch} is too large for the {split} split of "
-                                f"{tokens:,} tokens; use at most {tokens // 2:,}")
+        check_batch_size(corpus, split, batch, flag)
     count = scored_targets(len(data), args.batch_size)
     print(f"{args.checkpoint}: {saved['config']['model']} model, best at epoch "
           f"{saved['epoch']} | {args.split} split of {corpus.path} | batch {args.batch_size}")

@@ -105,7 +105,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.info:
-            print("\n".join(checkpoint.describe(args.checkpoint, checkpoint.load(args.checkpoint))))
+            print("\n".join(checkpoint.describe(args.checkpoint)))
             return
         if args.outf:
             check_output_file(args.outf, "--outf")

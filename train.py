@@ -31,7 +31,7 @@ import budget
 from config import (COMMON, COUNT, DROPOUT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, PRESETS,
                     SEED, Parser, SettingsError, checked, cutoff_list, describe_device,
                     out_of_memory, pick_device, set_precision)
-from data import DEFAULT_DATA, Corpus, CorpusError
+from data import DEFAULT_DATA, Corpus, CorpusError, check_batch_size
 from model import CLUSTER_SHRINK, architecture, count_parameters
 from runlog import RunLog, SaveLock, plural
 from trainer import OPTIMIZERS, StopRequest, Trainer, TrainingError
@@ -300,12 +300,8 @@ def check_corpus_fits(s, corpus, device):
     for split, flag, batch in (("train", "--batch_size", s["batch_size"]),
                                ("valid", "--eval-batch-size", s["eval_batch_size"]),
                                ("test", "--test-batch-size", s["test_batch_size"])):
-        tokens = len(getattr(corpus, split))
-        if tokens // batch < 2:
-            raise SettingsError(
-                f"{flag} {batch} is too large for the {split} split of {tokens:,} tokens: each "
-                f"of the {batch} columns needs at least 2 tokens; use at most {tokens // 2}")
-    words, cutoffs = len(corpus.dictionary), s.get("cutoffs") or []
+        check_batch_size(corpus, split, batch, flag)
+    words, cutoffs = len(corpus.dictionary), s["cutoffs"]
     if cutoffs and cutoffs[-1] >= words:
         raise SettingsError(f"--cutoffs must stay below the vocabulary's {words:,} words (got "
                             f"{','.join(map(str, cutoffs))})")
