@@ -2,43 +2,58 @@
 
 A step is what train.py does per batch (bptt.train_step): forward, cross-entropy plus
 AR/TAR, backward, gradient clipping, SGD step. After --warmup untimed steps, --steps
-steps are timed (with CUDA synchronisation at both ends) on WikiText-2 tokens, at a fixed
-BPTT length. Printed for each configuration: ms/step, tokens/s and peak memory:
+steps are timed (with CUDA synchronisation at both ends) at a fixed BPTT length. Printed
+for each configuration: ms/step, tokens/s and peak memory:
   (a) AWD-LSTM with every regulariser on,
   (b) the same shapes with every regulariser off, a plain stack of nn.LSTMs: the ceiling,
   a/b, the speed of (a) as a fraction of (b),
   (c) the baseline LSTM,
   (d) the same baseline stepped the way the PyTorch word-language-model example does it
-      (log-softmax then NLL loss, a hand-written SGD update), for comparison with (c).
+      (log-softmax then NLL loss, a hand-written SGD update), for comparison with (c),
+  (e) AWD-LSTM (a's shapes, untied) with WikiText-103's vocabulary of 267,735 words and an
+      adaptive softmax (--cutoffs), on Zipf-distributed synthetic tokens,
+  (f) the same with a full softmax over the 267,735 words (only when --configs names it:
+      its logits alone take GiBs).
+(a)-(d) step on WikiText-2 tokens. Under torchrun, every process steps its share of the
+batch's columns through DistributedDataParallel, as train.py does, and tokens/s is given
+per process and in total.
 
     python bench.py                      # defaults: paper shapes on CUDA, smaller on CPU
     python bench.py --full               # the full-size models on any device
+    python bench.py --configs ef         # the large vocabulary: adaptive and full softmax
+    torchrun --standalone --nproc_per_node 4 bench.py
 """
 
 import argparse
+import contextlib
 import itertools
 import resource
 import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
-from bptt import train_step, windows
-from config import (COUNT, PRECISIONS, PRESETS, Parser, SettingsError, checked, describe_device,
-                    out_of_memory, pick_device, set_precision)
+import distributed
+from bptt import Objective, train_step, windows
+from config import (COUNT, PRECISIONS, PRESETS, Parser, SettingsError, checked, cutoff_list,
+                    describe_device, out_of_memory, set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError, batchify
-from model import build_model, count_parameters, model_config
+from model import CLUSTER_SHRINK, build_model, count_parameters, model_config
 
 # Shapes (emsize, nhid, nlayers, batch_size, bptt) when no flag says otherwise.
 FULL = dict(awd=(400, 1150, 3, 80, 70), lstm=(650, 650, 2, 20, 35))
 CPU_SMALL = dict(awd=(200, 400, 3, 20, 35), lstm=(200, 200, 2, 20, 35))  # lstm: PyTorch
 SHAPE = ("emsize", "nhid", "nlayers", "batch_size", "bptt")              # example "small"
+WT103_WORDS = 267_735  # WikiText-103's vocabulary
+CONFIGS = "abcdef"
 
 
-def example_style_step(model, optimizer, inputs, targets, hidden, lr, s):
+def example_style_step(objective, optimizer, inputs, targets, hidden, lr, s):
     """The PyTorch example's update: separate log-softmax and NLL loss, then p -= lr * grad
     parameter by parameter (no optimizer object, no AR/TAR, no weight decay)."""
+    model = objective.model
     model.zero_grad()
     out = model(inputs, tuple(h.detach() for h in hidden))
     log_probs = torch.log_softmax(out.logits, dim=-1).view(-1, out.logits.size(-1))
@@ -50,36 +65,51 @@ def example_style_step(model, optimizer, inputs, targets, hidden, lr, s):
     return loss.detach(), out.hidden
 
 
-def time_steps(model_kind, shape, regularised, corpus, device, steps, warmup,
-               step_fn=train_step, precision="fp32"):
-    """Mean seconds per training step and peak memory (bytes) for one configuration."""
+def zipf_tokens(n, ntoken, seed=0):
+    """n token ids drawn with probability proportional to 1 / (id + 1): word frequencies in
+    text fall off roughly so (Zipf's law), with id 0 the commonest, as the adaptive
+    softmax's frequency ranks have it. Its speed depends on how many targets its head
+    holds: here the first 20,000 of 267,735 words hold 80% of the tokens."""
+    p = 1.0 / np.arange(1, ntoken + 1)
+    return torch.from_numpy(np.random.default_rng(seed).choice(ntoken, size=n, p=p / p.sum()))
+
+
+def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
+               group=distributed.SINGLE):
+    """Mean seconds per training step and peak memory (bytes) of this process, and the
+    parameter count, for one configuration (`run`, an entry of RUNS, with the adaptive
+    softmax's "cutoffs") at `shape`, stepping through `tokens` (1-D ids below `ntoken`)."""
     emsize, nhid, nlayers, batch_size, bptt = shape
-    s = dict(PRESETS[model_kind], emsize=emsize, nhid=nhid, nlayers=nlayers,
+    s = dict(PRESETS[run["kind"]], emsize=emsize, nhid=nhid, nlayers=nlayers,
              batch_size=batch_size, bptt=bptt, precision=precision)
-    if not regularised:  # same shapes, no dropout of any kind, no AR/TAR
+    if run.get("large_vocabulary"):  # an adaptive softmax cannot be tied; nor is (f), to match
+        s.update(tied=False, cutoffs=run["cutoffs"] if run["adaptive"] else [])
+    if not run["regularised"]:  # same shapes, no dropout of any kind, no AR/TAR
         s.update(dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0,
                  alpha=0.0, beta=0.0)
     torch.manual_seed(0)
-    model = build_model(model_config(dict(s, model=model_kind), len(corpus.dictionary)))
-    model = model.to(device).train()
+    model = build_model(model_config(dict(s, model=run["kind"]), ntoken)).to(device).train()
+    objective = group.wrap(Objective(model, s["alpha"], s["beta"]),
+                           find_unused_parameters=model.adaptive)
     optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"], weight_decay=s["wdecay"])
-    data = batchify(corpus.train[: (steps + warmup + 1) * bptt * batch_size + 1],
-                    batch_size).to(device)
-    hidden = model.init_hidden(batch_size)
+    data = batchify(tokens[: (steps + warmup + 1) * bptt * batch_size + 1], batch_size)
+    data = data[:, group.columns(batch_size)].contiguous().to(device)
+    hidden = model.init_hidden(data.size(1))
     batches = windows(data, bptt)
+    step_fn = run.get("step", train_step)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def run(n):
+    def steps_of(n):
         nonlocal hidden
         for _, inputs, targets in itertools.islice(batches, n):
-            _, hidden = step_fn(model, optimizer, inputs, targets, hidden, s["lr"], s)
+            _, hidden = step_fn(objective, optimizer, inputs, targets, hidden, s["lr"], s)
 
-    run(warmup)
+    steps_of(warmup)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    run(steps)
+    steps_of(steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / steps
@@ -90,28 +120,59 @@ def time_steps(model_kind, shape, regularised, corpus, device, steps, warmup,
     return seconds, peak, count_parameters(model)
 
 
+# The configurations: which model, its settings besides the shapes, which data.
+RUNS = [
+    dict(label="a", kind="awd", regularised=True, title="AWD-LSTM, all regularisers"),
+    dict(label="b", kind="awd", regularised=False, title="same shapes, no regularisation"),
+    dict(label="c", kind="lstm", regularised=True, title="baseline LSTM"),
+    dict(label="d", kind="lstm", regularised=True, step=example_style_step,
+         title="baseline, PyTorch-example-style step"),
+    dict(label="e", kind="awd", regularised=True, large_vocabulary=True, adaptive=True,
+         title="AWD-LSTM, 267,735 words, adaptive"),
+    dict(label="f", kind="awd", regularised=True, large_vocabulary=True, adaptive=False,
+         title="AWD-LSTM, 267,735 words, full softmax"),
+]
+
+
+def config_letters(text):
+    """An argparse type: "ace" -> "ace", letters of CONFIGS only."""
+    if not text or not set(text) <= set(CONFIGS):
+        raise argparse.ArgumentTypeError(f"must be letters of {CONFIGS} (got {text!r})")
+    return text
+
+
 def main(argv=None):
     p = Parser(description=__doc__.split("\n\n")[0],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--full", action="store_true", help="full-size shapes on any device")
+    p.add_argument("--configs", type=config_letters, default="abcde",
+                   help="which configurations to time")
     p.add_argument("--steps", type=COUNT, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=checked(int, lambda v: v >= 0, "not be negative"),
                    default=3, help="untimed steps first")
     p.add_argument("--repeats", type=COUNT, default=3,
                    help="times each configuration is timed (round-robin); medians printed")
-    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--data", default=DEFAULT_DATA, help="the corpus of (a)-(d)")
+    p.add_argument("--cutoffs", type=cutoff_list, default=[20000, 60000],
+                   help="the adaptive softmax's cutoffs in (e), as train.py --cutoffs")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="as train.py --precision (the example-style step (d) is always fp32)")
     for prefix in ("awd", "lstm"):
         for name in SHAPE:
             p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=COUNT, default=None,
                            help=f"{prefix} {name} (default: by device)")
-    args = p.parse_args(argv)
+    rank = distributed.environment_rank()
     try:
-        run(args)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(distributed.only_main_prints())
+            args = p.parse_args(argv)
+            group, device = stack.enter_context(distributed.start(args.device))
+            run(args, group, device)
     except (CorpusError, SettingsError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if rank == 0 else 1)
+    except SystemExit as e:  # a flag error (on every process) or --help
+        sys.exit(1 if rank != 0 and isinstance(e.code, str) else e.code)
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
@@ -119,48 +180,74 @@ def main(argv=None):
                  "(--awd-batch-size, --awd-bptt, ...)")
 
 
-def run(args):
-    device = pick_device(args.device)
+def run(args, group, device):
     set_precision(args.precision, device)
     defaults = FULL if args.full or device.type == "cuda" else CPU_SMALL
     shapes = {kind: tuple(getattr(args, f"{kind}_{name}") or default
                           for name, default in zip(SHAPE, defaults[kind]))
               for kind in ("awd", "lstm")}
-    corpus = Corpus(args.data)
-    print(f"torch {torch.__version__} | {device.type} ({describe_device(device)}, "
-          f"{args.precision}) | median of {args.repeats} x {args.steps} "
-          f"timed steps after {args.warmup} warm-up | vocabulary {len(corpus.dictionary):,}")
+    runs = [r for r in RUNS if r["label"] in args.configs]
+    if group.size > 1 and any(r["label"] == "d" for r in runs):
+        print("(d) is left out under torchrun: its hand-written update has no all-reduce")
+        runs = [r for r in runs if r["label"] != "d"]
+    for kind in {r["kind"] for r in runs}:
+        if shapes[kind][3] % group.size:
+            raise SettingsError(f"the {kind} batch size {shapes[kind][3]} does not split "
+                                f"evenly over {group.size} processes; give a multiple of "
+                                f"{group.size} (--{kind}-batch-size)")
+    if args.cutoffs[-1] >= WT103_WORDS:
+        raise SettingsError(f"--cutoffs must stay below {WT103_WORDS:,}")
+    if "e" in args.configs and shapes["awd"][1] // CLUSTER_SHRINK ** len(args.cutoffs) < 1:
+        raise SettingsError(f"(e): with {len(args.cutoffs)} --cutoffs the adaptive softmax's "
+                            f"last cluster would have no features at --awd-nhid "
+                            f"{shapes['awd'][1]}; give fewer cutoffs or a larger --awd-nhid")
+    corpus = Corpus(args.data) if any(not r.get("large_vocabulary") for r in runs) else None
+    largest = max(shapes["awd"][3] * shapes["awd"][4], 1) * (args.steps + args.warmup + 2)
+    large = zipf_tokens(largest, WT103_WORDS) if any(r.get("large_vocabulary")
+                                                     for r in runs) else None
+    where = f"{group.size} processes ({group.backend}), " if group.size > 1 else ""
+    print(f"torch {torch.__version__} | {where}{device.type} ({describe_device(device)}, "
+          f"{args.precision}) | median of {args.repeats} x {args.steps} timed steps after "
+          f"{args.warmup} warm-up" + (f" | vocabulary {len(corpus.dictionary):,}"
+                                      if corpus else ""))
     memory = "peak GPU memory" if device.type == "cuda" else "process peak RSS"
-    print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10} "
-          f"{memory:>16}")
-    runs = [("a", "awd", True, "AWD-LSTM, all regularisers", train_step),
-            ("b", "awd", False, "same shapes, no regularisation", train_step),
-            ("c", "lstm", True, "baseline LSTM", train_step),
-            ("d", "lstm", True, "baseline, PyTorch-example-style step", example_style_step)]
+    per_process = f" {'tok/s/proc':>10}" if group.size > 1 else ""
+    print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10}"
+          f"{per_process} {memory:>16}")
     # Round-robin repeats, median per configuration: on a busy CPU single timings of the
     # same configuration differ by 10% and more.
-    timings = {label: [] for label, *_ in runs}
+    timings = {r["label"]: [] for r in runs}
     for _ in range(args.repeats):
-        for label, kind, regularised, title, step_fn in runs:
-            timings[label].append(time_steps(kind, shapes[kind], regularised, corpus, device,
-                                             args.steps, args.warmup, step_fn, args.precision))
+        for r in runs:
+            tokens, ntoken = ((large, WT103_WORDS) if r.get("large_vocabulary") else
+                              (corpus.train, len(corpus.dictionary)))
+            timings[r["label"]].append(time_steps(
+                dict(r, cutoffs=args.cutoffs), shapes[r["kind"]], tokens, ntoken, device,
+                args.steps, args.warmup, args.precision, group))
     results = {}
-    for label, kind, regularised, title, step_fn in runs:
-        emsize, nhid, nlayers, batch_size, bptt = shapes[kind]
+    for r in runs:
+        label = r["label"]
+        emsize, nhid, nlayers, batch_size, bptt = shapes[r["kind"]]
         seconds = statistics.median(t[0] for t in timings[label])
         peak, n_params = max(t[1] for t in timings[label]), timings[label][0][2]
+        # Each process's own rate over its columns; the run's is their sum.
+        rates = group.gather(batch_size // group.size * bptt / seconds)
+        peak = max(group.gather(peak))
+        seconds = max(group.gather(seconds))  # the processes wait for the slowest
         results[label] = seconds
-        name = f"({label}) {title}"
-        print(f"{name:<44} {n_params:>11,} {1000 * seconds:>9.1f} "
-              f"{batch_size * bptt / seconds:>10,.0f} {peak / 2**20:>13,.0f} MiB")
-        if label == "b":
-            print(f"{'a/b (speed of a as a fraction of b)':<44} {'':>11} "
-                  f"{results['b'] / results['a']:>9.3f}")
-        if label == "d":
-            print(f"{'c/d (speed of c as a fraction of d)':<44} {'':>11} "
-                  f"{results['d'] / results['c']:>9.3f}")
-    for kind in ("awd", "lstm"):
+        name = f"({label}) {r['title']}"
+        per_process = f" {statistics.mean(rates):>10,.0f}" if group.size > 1 else ""
+        print(f"{name:<44} {n_params:>11,} {1000 * seconds:>9.1f} {sum(rates):>10,.0f}"
+              f"{per_process} {peak / 2**20:>13,.0f} MiB")
+        for first, second in (("a", "b"), ("c", "d"), ("e", "f")):
+            if label == second and first in results:
+                print(f"{f'{first}/{second} (speed of {first} relative to {second})':<44} "
+                      f"{'':>11} {results[second] / results[first]:>9.3f}")
+    for kind in sorted({r["kind"] for r in runs}):
         print(f"shapes {kind}: " + ", ".join(f"{n} {v}" for n, v in zip(SHAPE, shapes[kind])))
+    if large is not None:
+        print(f"(e), (f): vocabulary {WT103_WORDS:,}, Zipf-distributed synthetic tokens, untied"
+              + (f", cutoffs {','.join(map(str, args.cutoffs))}" if "e" in args.configs else ""))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from data import batchify, get_batch
+from distributed import SINGLE
 from model import detach_hidden
 
 
@@ -68,24 +69,39 @@ def activation_regularization(out, alpha, beta):
     return penalty
 
 
-def train_step(model, optimizer, inputs, targets, hidden, lr, s):
-    """One truncated-BPTT step: forward from `hidden` (detached here), cross-entropy plus
-    AR/TAR (s["alpha"], s["beta"]), backward, clipping at s["clip"], an optimizer step at
-    `lr`. With s["precision"] == "bf16" the forward and the loss run under bf16 autocast;
-    weights, gradients and the optimizer stay float32. Returns the cross-entropy (a tensor,
-    so the caller decides when to synchronise) and the new hidden state."""
+class Objective(torch.nn.Module):
+    """What a training step minimises, as one module: the model's mean cross-entropy on the
+    targets, and the AR/TAR penalty (weights `alpha`, `beta`). Under torchrun it is this
+    module that DistributedDataParallel wraps: DDP follows only what its forward computes,
+    and an adaptive softmax scores the targets outside the model's forward."""
+
+    def __init__(self, model, alpha, beta):
+        super().__init__()
+        self.model, self.alpha, self.beta = model, alpha, beta
+
+    def forward(self, inputs, hidden, targets):
+        """(cross-entropy, penalty, new hidden state)"""
+        out = self.model(inputs, hidden)
+        loss = self.model.loss(out, targets)
+        return loss, activation_regularization(out, self.alpha, self.beta), out.hidden
+
+
+def train_step(objective, optimizer, inputs, targets, hidden, lr, s):
+    """One truncated-BPTT step: forward from `hidden` (detached here) through `objective`
+    (an Objective, or its DDP wrapper), backward, clipping at s["clip"], an optimizer step
+    at `lr`. With s["precision"] == "bf16" the forward and the loss run under bf16
+    autocast; weights, gradients and the optimizer stay float32. Returns the cross-entropy
+    (a tensor, so the caller decides when to synchronise) and the new hidden state."""
     bf16 = s.get("precision") == "bf16"
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model(inputs, detach_hidden(hidden))
-        loss = model.loss(out, targets)
-        penalty = activation_regularization(out, s["alpha"], s["beta"])
+        loss, penalty, hidden = objective(inputs, detach_hidden(hidden), targets)
     optimizer.zero_grad(set_to_none=True)
     (loss + penalty).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), s["clip"])
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), s["clip"])
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
-    return loss.detach(), out.hidden
+    return loss.detach(), hidden
 
 
 def progress_bar(iterable=None, desc=None, **kwargs):
@@ -95,25 +111,29 @@ def progress_bar(iterable=None, desc=None, **kwargs):
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size, bptt, progress=None, on_segment=None):
+def evaluate(model, data, batch_size, bptt, progress=None, on_segment=None, group=SINGLE):
     """Mean negative log-likelihood per target token of `data` (1-D token ids), exact: every
     target of the batchified split is scored once, summed in float64. `on_segment`, when
     given, also receives each window's target log-probabilities (T, batch), last-layer
-    states (T, batch, features) and targets (T, batch): the cache pointer reads them."""
+    states (T, batch, features) and targets (T, batch): the cache pointer reads them.
+    Under torchrun (`group`) each process scores its own columns and the sums are added:
+    the columns are independent streams, so the result is the one process's."""
     model.eval()
     device = next(model.parameters()).device
-    source = batchify(data, batch_size).to(device)
-    hidden = model.init_hidden(batch_size)
+    source = batchify(data, batch_size)[:, group.columns(batch_size)].contiguous().to(device)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    bar = progress_bar(windows(source, bptt), progress,
-                       total=math.ceil((source.size(0) - 1) / bptt))
-    for n, (row, inputs, targets) in enumerate(bar):
-        out = model(inputs, hidden)
-        hidden = out.hidden
-        logp = model.target_log_probs(out, targets)  # (T, batch), float32
-        total -= logp.double().sum()
-        if on_segment is not None:
-            on_segment(logp, out.raw_output, targets)
-        if not bar.disable and n % 20 == 0:  # running perplexity: a sync, on terminals only
-            bar.set_postfix(ppl=f"{ppl(total.item() / ((row + len(inputs)) * batch_size)):.2f}")
-    return total.item() / scored_targets(len(data), batch_size)
+    if source.size(1) > 0:  # (a process may have no columns: test batch 1 on several)
+        hidden = model.init_hidden(source.size(1))
+        bar = progress_bar(windows(source, bptt), progress if group.main else None,
+                           total=math.ceil((source.size(0) - 1) / bptt))
+        for n, (row, inputs, targets) in enumerate(bar):
+            out = model(inputs, hidden)
+            hidden = out.hidden
+            logp = model.target_log_probs(out, targets)  # (T, batch), float32
+            total -= logp.double().sum()
+            if on_segment is not None:
+                on_segment(logp, out.raw_output, targets)
+            if not bar.disable and n % 20 == 0:  # running perplexity: a sync, terminals only
+                scored = (row + len(inputs)) * source.size(1)
+                bar.set_postfix(ppl=f"{ppl(total.item() / scored):.2f}")
+    return group.sum(total).item() / scored_targets(len(data), batch_size)

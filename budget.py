@@ -19,7 +19,7 @@ import time
 import torch
 
 import checkpoint
-from bptt import evaluate, train_step, windows
+from bptt import Objective, evaluate, train_step, windows
 from runlog import plural
 from trainer import make_optimizer
 
@@ -38,19 +38,23 @@ def synchronize(device):
 def measure(trainer, warmup=2, steps=20):
     """Seconds per training step, per validation pass, per test pass and for the checkpoint
     writes of an epoch, measured on copies of the trainer's model and optimizer (and a
-    probe file, removed); the RNG states are restored afterwards."""
-    s, device = trainer.s, trainer.device
+    probe file, removed); the RNG states are restored afterwards. Under torchrun every
+    process measures together (its steps and passes talk to the others) and the main
+    process's figures are returned to all, so that all of them plan alike."""
+    s, device, group = trainer.s, trainer.device, trainer.group
     rng_state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
     model = copy.deepcopy(trainer.model).train()
+    objective = group.wrap(Objective(model, s["alpha"], s["beta"]),
+                           find_unused_parameters=model.adaptive)
     optimizer = make_optimizer(s, model.parameters())
     batches = windows(trainer.train_data, s["bptt"])
-    hidden = model.init_hidden(s["batch_size"])
+    hidden = model.init_hidden(trainer.train_data.size(1))
 
     def run(n):
         nonlocal hidden
         for _, inputs, targets in itertools.islice(batches, n):
-            _, hidden = train_step(model, optimizer, inputs, targets, hidden, s["lr"], s)
+            _, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["lr"], s)
         synchronize(device)
 
     run(warmup)
@@ -64,7 +68,7 @@ def measure(trainer, warmup=2, steps=20):
         part = data[: batch_size * s["bptt"] * 8 + 1]
         for _ in range(2):
             started = time.perf_counter()
-            evaluate(model, part, batch_size, s["bptt"])
+            evaluate(model, part, batch_size, s["bptt"], group=group)
             synchronize(device)
         return (time.perf_counter() - started) * len(data) / len(part)
 
@@ -73,8 +77,10 @@ def measure(trainer, warmup=2, steps=20):
     # Every epoch writes the training state, and the model when it improves.
     probe = f"{trainer.model_path}.budget-probe{os.getpid()}"
     started = time.perf_counter()
+    state = trainer.state()
     try:
-        checkpoint.save(probe, trainer.state())
+        if group.main:
+            checkpoint.save(probe, state)
     finally:
         if os.path.exists(probe):
             os.remove(probe)
@@ -82,7 +88,7 @@ def measure(trainer, warmup=2, steps=20):
     torch.set_rng_state(rng_state)
     if cuda_state is not None:
         torch.cuda.set_rng_state_all(cuda_state)
-    return dict(step_s=step_s, valid_s=valid_s, test_s=test_s, save_s=save_s)
+    return group.broadcast(dict(step_s=step_s, valid_s=valid_s, test_s=test_s, save_s=save_s))
 
 
 def plan(budget_s, spent_s, speed, steps_per_epoch, max_epochs, average_start):

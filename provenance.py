@@ -18,6 +18,7 @@ from config import describe_device
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 KEYS = ("command", "date", "commit", "torch", "cuda", "device", "host", "data", "data_sha256")
+ADDED_KEYS = ("processes",)  # recorded since torchrun runs exist; older records lack them
 
 
 def git_commit():
@@ -46,11 +47,13 @@ def cpu_name():
     return platform.processor() or "cpu"
 
 
-def record(command, device, corpus):
-    """One entry: this process's command line (a string), device and data."""
+def record(command, device, corpus, processes="1 process"):
+    """One entry: this process's command line (a string), device, processes (under torchrun,
+    distributed.Group.describe's) and data."""
     name = describe_device(device)
     return dict(
-        command=command, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        command=command, processes=processes,
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         commit=git_commit(), torch=str(torch.__version__), cuda=str(torch.version.cuda or "none"),
         device=name if device.type == "cuda" else f"{cpu_name()}, {name}",
         host=socket.gethostname(), data=os.path.abspath(corpus.path),
@@ -63,7 +66,8 @@ def describe(entries):
     for i, entry in enumerate(entries):
         lines += [f"{'started' if i == 0 else 'resumed'} {entry['date']}: {entry['command']}",
                   f"  commit {entry['commit']} | torch {entry['torch']}, CUDA {entry['cuda']} "
-                  f"| {entry['device']} on {entry['host']}",
+                  f"| {entry['device']} on {entry['host']}"
+                  + (f", {entry['processes']}" if "processes" in entry else ""),
                   f"  data {entry['data']}: sha256 " + ", ".join(
                       f"{split} {digest}" for split, digest in entry["data_sha256"].items())]
     return lines or ["no provenance recorded (written before this repository recorded it)"]

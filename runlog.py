@@ -68,8 +68,9 @@ def duration(seconds):
 
 
 def plural(n, noun):
-    """1, "epoch" -> "1 epoch"; 3, "epoch" -> "3 epochs"."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+    """1, "epoch" -> "1 epoch"; 3, "epoch" -> "3 epochs"; 2, "process" -> "2 processes"."""
+    ending = "es" if noun.endswith(("s", "x", "sh", "tch")) else "s"  # (not "epoches")
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}{ending}"
 
 
 def lock_path(model_path):
@@ -160,12 +161,14 @@ def open_tensorboard(log_dir):
 
 class RunLog:
     """What one run records; `settings` are the run's full settings. A context manager:
-    leaving it closes the TensorBoard writer."""
+    leaving it closes the TensorBoard writer. Under torchrun only the main process keeps
+    the record: the others' RunLog has `writes` False and writes no file."""
 
-    def __init__(self, settings, tensorboard=None):
+    def __init__(self, settings, tensorboard=None, writes=True):
         self.settings = settings
         self.path = metrics_path(settings["save"])
-        self.writer = open_tensorboard(tensorboard) if tensorboard else None
+        self.writes = writes
+        self.writer = open_tensorboard(tensorboard) if tensorboard and writes else None
         if self.writer is not None:
             table = "\n".join(f"| {k} | {v} |" for k, v in sorted(settings.items()))
             self.writer.add_text("settings", "| setting | value |\n|---|---|\n" + table)
@@ -210,6 +213,8 @@ class RunLog:
         """Rewrite the CSV whole from the run's rows (restored on resume, so a resumed run
         never duplicates a row), atomically; its first lines, each starting with "#", say
         where the run came from (`entries`, provenance.record's)."""
+        if not self.writes:
+            return
 
         def write(f):
             f.writelines(f"# {line}\n" for line in provenance.describe(entries))
@@ -221,5 +226,7 @@ class RunLog:
 
     def finished(self, summary):
         """Write the run's final numbers (a dict) to <save stem>.json, atomically."""
+        if not self.writes:
+            return
         write_atomically(summary_path(self.settings["save"]),
                          lambda f: json.dump(summary, f, indent=2, sort_keys=True))

@@ -4,12 +4,15 @@
     python train.py --model lstm                     # the PyTorch example's recipe
     python train.py --model awd --resume checkpoints/awd.state.pt
     python train.py --model awd --finetune checkpoints/awd.pt
+    torchrun --standalone --nproc_per_node 4 train.py --model awd     # 4 GPUs, one batch
 
 For --save checkpoints/awd.pt a run writes the best model so far (awd.pt), the latest
 training state (awd.state.pt, written after every epoch, on Ctrl-C and every --save-every
 minutes), one metrics row per epoch (awd.csv) and its final numbers (awd.json), and holds
 awd.lock while it runs. Ctrl-C or SIGTERM stops after the current batch, saves the state
-and tests the best model; --resume then continues exactly where the run stopped.
+and tests the best model; --resume then continues exactly where the run stopped. Under
+torchrun the processes split every batch's columns (DistributedDataParallel), and the main
+process alone prints and writes (distributed.py).
 
 The file reads top to bottom: flags, the run's settings, set-up, the epoch loop, the end.
 """
@@ -24,13 +27,14 @@ import time
 import torch
 
 import checkpoint
+import distributed
 import provenance
 from bptt import evaluate, mean_seq_len, ppl
 from checkpoint import CheckpointError
 import budget
 from config import (COMMON, COUNT, DROPOUT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, PRESETS,
                     SEED, Parser, SettingsError, checked, cutoff_list, describe_device,
-                    out_of_memory, pick_device, set_precision)
+                    out_of_memory, set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError, check_batch_size
 from model import CLUSTER_SHRINK, architecture, count_parameters
 from runlog import RunLog, SaveLock, plural
@@ -209,50 +213,31 @@ def resolve_settings(args):
 
 # --- The run --------------------------------------------------------------------------------
 
-def train(args, stack, command):
-    """The whole run; what it opens (the lock, the run's record) is entered on `stack`.
-    `command` is the command line, for the run's provenance."""
+def train(args, stack, group, device, argv):
+    """The whole run, on this process (under torchrun, one of several: `group`); what it
+    opens (the lock, the run's record) is entered on `stack`. `argv` is the command line's
+    arguments, for the run's provenance."""
     started = time.time()  # a budget counts from here
-    # Set-up: settings, device, the run's record, corpus, the model and its optimizer.
-    settings, loaded = resolve_settings(args)
-    if args.model and args.model != settings["model"]:
-        raise SettingsError(f"--model {args.model} does not match the checkpoint's model "
-                            f"{settings['model']}")
+    if group.torchrun:
+        print(f"torchrun: {group.describe()}"
+              + (", which trains as without torchrun" if group.size == 1 else ""))
+    # Set-up, on every process alone; no process trains unless every one passed it.
+    try:
+        trainer, log = set_up(args, stack, group, device, shlex.join(
+            distributed.launch_command(group) + ["train.py"] + argv))
+        error = None
+    except (CorpusError, CheckpointError, SettingsError) as e:
+        error = e
+    group.stop_if_any_failed(error)
+    trainer.join_processes()
+    settings, corpus = trainer.s, trainer.corpus
     model_path, state_file = settings["save"], checkpoint.state_path(settings["save"])
-    if os.path.isdir(model_path):
-        raise SettingsError(f"--save {model_path} is a directory; give the path of the model "
-                            f"file, e.g. {os.path.join(model_path, settings['model'] + '.pt')}")
-    stack.enter_context(SaveLock(model_path))  # before anything at --save is read or written
-    if not args.resume and not args.overwrite:
-        for path in (model_path, state_file):
-            if os.path.exists(path):
-                raise SettingsError(
-                    f"{path} exists and a new run would replace it; continue that run "
-                    f"with --resume {state_file}, choose another --save, or pass --overwrite")
-    device = pick_device(args.device)
-    set_precision(settings["precision"], device)
-    log = stack.enter_context(RunLog(settings, args.tensorboard))
-    corpus = Corpus(settings["data"])
-    if loaded is not None:
-        checkpoint.check_vocabulary(args.resume or args.finetune, loaded["vocab"], corpus)
-    check_corpus_fits(settings, corpus, device)
-
-    source = args.resume or args.finetune
-    if source:  # the weights must fit the configuration before a Trainer is built
-        checkpoint.build(source, loaded)
-    trainer = Trainer(settings, corpus, device,
-                      weights=loaded["model"] if args.finetune else None)
-    if args.resume:
-        try:
-            trainer.load_state(loaded)
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            raise CheckpointError(f"{args.resume} cannot be resumed: part of its training "
-                                  f"state does not fit ({checkpoint.one_line(e)})") from None
-    trainer.provenance.append(provenance.record(command, device, corpus))
 
     n_params = count_parameters(trainer.model)
+    batch = (f"batch {settings['batch_size']} = {group.size} x {trainer.train_data.size(1)} "
+             "columns | " if group.size > 1 else "")
     print(f"device: {device.type} ({describe_device(device)}, {settings['precision']}) | "
-          f"model: {settings['model']}, "
+          f"{batch}model: {settings['model']}, "
           f"{n_params:,} parameters | vocabulary {len(corpus.dictionary):,} | "
           f"train {len(corpus.train):,} tokens")
     if device.type == "cpu" and n_params > 10_000_000:
@@ -274,9 +259,13 @@ def train(args, stack, command):
         print(f"fine-tuning {args.finetune} in averaging mode from valid ppl {ppl(start):.2f}; "
               f"writing {model_path} whenever validation improves on it")
 
-    # The epoch loop: train, validate and apply the schedule, save the state.
-    with StopRequest() as stop:
-        while trainer.epoch < settings["epochs"] and not trainer.done and not stop.requested:
+    # The epoch loop: train, validate and apply the schedule, save the state. A stop that
+    # any process received ends the loop on all of them.
+    when = ("after the current batch" if group.size == 1 else
+            f"at the next check point (within --log-interval {args.log_interval} batches)")
+    with StopRequest(when) as stop:
+        stopped = group.any(stop.requested)
+        while trainer.epoch < settings["epochs"] and not trainer.done and not stopped:
             train_loss = trainer.train_epoch(
                 stop, args.max_batches, args.log_interval, on_progress=log.progress,
                 save_every=args.save_every and 60 * args.save_every)
@@ -284,19 +273,71 @@ def train(args, stack, command):
                 log.epoch_ended(trainer.end_epoch(train_loss))
             trainer.save_state()
             log.state_saved(trainer.metrics, trainer.provenance)
+            stopped = train_loss is None or group.any(stop.requested)
 
     # The end: say why the run stopped, test the best model of this run, write the summary.
-    if stop.requested:
+    if stopped:
         print(f"stopped; training state saved to {state_file} "
-              f"(continue with: {resume_command(args, state_file)})")
+              f"(continue with: {resume_command(args, state_file, group)})")
     else:
         print(f"finished after {plural(trainer.epoch, 'epoch')}")
-    log.finished(summarize(trainer, test_best_model(trainer, device), stopped=stop.requested))
+    log.finished(summarize(trainer, test_best_model(trainer, device), stopped=stopped))
 
 
-def check_corpus_fits(s, corpus, device):
+def set_up(args, stack, group, device, command):
+    """What comes before the first batch and may refuse the run: the settings, the lock on
+    --save and the run's record (the main process's), the corpus, the checks that need it,
+    and the Trainer, restored when resuming. Talks to no other process, so that each one
+    can fail alone; returns (trainer, runlog.RunLog)."""
+    settings, loaded = resolve_settings(args)
+    if args.model and args.model != settings["model"]:
+        raise SettingsError(f"--model {args.model} does not match the checkpoint's model "
+                            f"{settings['model']}")
+    model_path, state_file = settings["save"], checkpoint.state_path(settings["save"])
+    if group.main:  # the one process that writes
+        if os.path.isdir(model_path):
+            raise SettingsError(f"--save {model_path} is a directory; give the path of the "
+                                f"model file, e.g. "
+                                f"{os.path.join(model_path, settings['model'] + '.pt')}")
+        stack.enter_context(SaveLock(model_path))  # before anything at --save is touched
+        if not args.resume and not args.overwrite:
+            for path in (model_path, state_file):
+                if os.path.exists(path):
+                    raise SettingsError(
+                        f"{path} exists and a new run would replace it; continue that run "
+                        f"with --resume {state_file}, choose another --save, or pass "
+                        "--overwrite")
+    set_precision(settings["precision"], device)
+    log = stack.enter_context(RunLog(settings, args.tensorboard, writes=group.main))
+    corpus = Corpus(settings["data"])
+    if loaded is not None:
+        checkpoint.check_vocabulary(args.resume or args.finetune, loaded["vocab"], corpus)
+    check_corpus_fits(settings, corpus, device, group)
+
+    source = args.resume or args.finetune
+    if source:  # the weights must fit the configuration before a Trainer is built
+        checkpoint.build(source, loaded)
+    trainer = Trainer(settings, corpus, device,
+                      weights=loaded["model"] if args.finetune else None, group=group)
+    if args.resume:
+        try:
+            trainer.load_state(loaded)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{args.resume} cannot be resumed: part of its training "
+                                  f"state does not fit ({checkpoint.one_line(e)})") from None
+    trainer.provenance.append(provenance.record(command, device, corpus, group.describe()))
+    return trainer, log
+
+
+def check_corpus_fits(s, corpus, device, group):
     """What can be known before the first batch: every split is long enough for its batch
-    size, the largest window fits in memory, and what variable BPTT makes of --bptt."""
+    size, the batch splits evenly over torchrun's processes, this process's largest window
+    fits in memory, and what variable BPTT makes of --bptt."""
+    if s["batch_size"] % group.size:
+        raise SettingsError(
+            f"--batch_size {s['batch_size']} does not split evenly over {group.size} "
+            "processes (each trains an equal share of a batch's columns); give a multiple "
+            f"of {group.size}")
     for split, flag, batch in (("train", "--batch_size", s["batch_size"]),
                                ("valid", "--eval-batch-size", s["eval_batch_size"]),
                                ("test", "--test-batch-size", s["test_batch_size"])):
@@ -307,12 +348,13 @@ def check_corpus_fits(s, corpus, device):
                             f"{','.join(map(str, cutoffs))})")
     longest = s["bptt"] + (15 if s["variable_bptt"] else 0)  # 3 sd above the mean
     outputs = cutoffs[0] + len(cutoffs) if cutoffs else words  # the (adaptive) head's width
-    logits = 3 * 4 * longest * s["batch_size"] * outputs  # fp32 logits and their gradients
+    batch = s["batch_size"] // group.size  # this process's columns
+    logits = 3 * 4 * longest * batch * outputs  # fp32 logits and their gradients
     available = (torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else
                  os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if logits > available:
         raise SettingsError(
-            f"a training window of --bptt {s['bptt']} x --batch_size {s['batch_size']} over "
+            f"a training window of --bptt {s['bptt']} x {batch} columns over "
             f"{outputs:,} outputs needs about {logits / 2**30:,.1f} GiB for its "
             f"output layer alone, more than the {available / 2**30:,.1f} GiB of this "
             f"{device.type}; lower --bptt or --batch_size")
@@ -323,10 +365,10 @@ def check_corpus_fits(s, corpus, device):
               f"{s['bptt']}")
 
 
-def resume_command(args, state_file):
-    """The command that continues this run: --resume plus the options this one was given
-    that a resume may set again."""
-    command = ["python", "train.py", "--resume", state_file]
+def resume_command(args, state_file, group=distributed.SINGLE):
+    """The command that continues this run (under torchrun, on as many processes): --resume
+    plus the options this one was given that a resume may set again."""
+    command = distributed.launch_command(group) + ["train.py", "--resume", state_file]
     for name in ("epochs", "data", "precision", "max_batches", "save_every", "tensorboard"):
         value = getattr(args, name)
         if value is not None:
@@ -364,10 +406,16 @@ def plan_run(trainer, args, started):
 
 def test_best_model(trainer, device):
     """Test loss of the best model this run saved (None if it saved none), at the test batch
-    size (1 in the paper)."""
-    path = trainer.model_path
-    model, _, saved = checkpoint.load_model(path, device) if os.path.exists(path) else (None,) * 3
-    if saved is None or saved["valid_loss"] != trainer.best_valid_loss:  # none, or an older run's
+    size (1 in the paper). Under torchrun the main process reads the file and sends the
+    weights to the others (which may not see its disk), and each tests its columns."""
+    path, group = trainer.model_path, trainer.group
+    saved = None
+    if group.main and os.path.exists(path):
+        saved = checkpoint.load(path, kind="model")
+        if saved["valid_loss"] != trainer.best_valid_loss:  # an older run's
+            saved = None
+    saved = group.broadcast(saved)
+    if saved is None:
         if trainer.s["finetune"] and trainer.epoch:
             print(f"fine-tuning never improved on the validation perplexity of "
                   f"{trainer.s['finetune']} ({ppl(trainer.best_valid_loss):.2f}); "
@@ -376,8 +424,9 @@ def test_best_model(trainer, device):
             print("no epoch has finished yet, so there is no best model to test")
         return None
     s = trainer.s
+    model = checkpoint.build(path, saved).to(device)
     test_loss = evaluate(model, trainer.corpus.test, s["test_batch_size"], s["bptt"],
-                         progress="testing")
+                         progress="testing", group=group)
     print(f"best model ({path}, epoch {saved['epoch']}): valid ppl {saved['valid_ppl']:.2f} "
           f"| test ppl {ppl(test_loss):.2f} (batch size {s['test_batch_size']})")
     return test_loss
@@ -398,19 +447,28 @@ def summarize(trainer, test_loss, stopped):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = parse_args(argv)
+    # Under torchrun every process runs this; the main one (rank 0) speaks for all, and
+    # the others' output goes nowhere, except for errors that are theirs alone.
+    rank = distributed.environment_rank()
+    where = f" (process {rank})" if "WORLD_SIZE" in os.environ else ""
     try:
         with contextlib.ExitStack() as stack:  # what the run opens closes on any exit
-            train(args, stack, shlex.join(["python", "train.py"] + argv))
+            stack.enter_context(distributed.only_main_prints())
+            args = parse_args(argv)
+            group, device = stack.enter_context(distributed.start(args.device))
+            train(args, stack, group, device, argv)
     except (CorpusError, CheckpointError, SettingsError, TrainingError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if rank == 0 else 1)  # every process has it: said once
+    except SystemExit as e:  # a flag error (on every process) or --help
+        sys.exit(1 if rank != 0 and isinstance(e.code, str) else e.code)
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
         if not out_of_memory(e):
             raise
-        sys.exit(f"error: out of memory ({checkpoint.one_line(e)[:120]}); lower --batch_size "
-                 "or --bptt (or --eval-batch-size); files already saved are intact")
+        sys.exit(f"error{where}: out of memory ({checkpoint.one_line(e)[:120]}); lower "
+                 "--batch_size or --bptt (or --eval-batch-size); files already saved are "
+                 "intact")
     except KeyboardInterrupt:  # a second Ctrl-C, or one during the final test
-        print("\naborted; checkpoints on disk are intact (every write is atomic)",
+        print(f"\naborted{where}; checkpoints on disk are intact (every write is atomic)",
               file=sys.stderr)
         sys.exit(130)
 

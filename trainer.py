@@ -2,7 +2,9 @@
 NT-ASGD average, where an epoch stands; training one epoch, ending it (validation, best
 checkpoint, schedule), and saving and restoring all of it exactly.
 
-train.py builds a Trainer from the run's settings and drives it epoch by epoch.
+train.py builds a Trainer from the run's settings and drives it epoch by epoch. Under
+torchrun every process holds a Trainer of its own columns (distributed.Group); they
+decide together what one of them may see first, and only the main process writes.
 """
 
 import itertools
@@ -18,10 +20,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 import checkpoint
-from bptt import (evaluate, mean_seq_len, ppl, progress_bar, sample_seq_len, train_step,
-                  windows)
+from bptt import (Objective, evaluate, mean_seq_len, ppl, progress_bar, sample_seq_len,
+                  train_step, windows)
 from data import batchify
+from distributed import SINGLE
 from model import build_model, detach_hidden, map_hidden, model_config, pack_lstm_weights
+from runlog import plural
 
 # Like the reference code, an epoch leaves out a last window of a single target.
 MIN_WINDOW = 2
@@ -40,11 +44,12 @@ def should_start_averaging(history, valid_loss, nonmono):
 
 
 class StopRequest:
-    """Turns the first Ctrl-C or SIGTERM into a request to stop after the current batch;
-    a second Ctrl-C aborts at once."""
+    """Turns the first Ctrl-C or SIGTERM into a request to stop after the current batch
+    (`when` says otherwise); a second Ctrl-C aborts at once."""
 
-    def __init__(self):
+    def __init__(self, when="after the current batch"):
         self.requested = False
+        self.when = when
 
     def __enter__(self):
         self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -58,7 +63,7 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("stopping after the current batch; the training state will be saved "
+        tqdm.write(f"stopping {self.when}; the training state will be saved "
                    "(Ctrl-C again aborts at once)")
 
 
@@ -103,12 +108,14 @@ class RunningAverage(AveragedModel):
 
 class Trainer:
     """One training run: model, optimizer, NT-ASGD average and the bookkeeping that a
-    training state saves and restores. `settings` is the run's full settings dict."""
+    training state saves and restores. `settings` is the run's full settings dict; under
+    torchrun, `group` is the processes that share the run (distributed.Group)."""
 
-    def __init__(self, settings, corpus, device, weights=None):
+    def __init__(self, settings, corpus, device, weights=None, group=SINGLE):
         self.s = s = settings
         self.corpus = corpus
         self.device = device
+        self.group = group
         torch.manual_seed(s["seed"])
         self.model = build_model(model_config(s, len(corpus.dictionary)))
         if self.model.adaptive:  # the adaptive softmax wants words in frequency order
@@ -117,13 +124,20 @@ class Trainer:
         self.model.to(device)
         if weights is not None:  # fine-tuning starts from a trained model's weights
             self.model.load_state_dict(weights)
+        if group.size > 1:  # the same weights everywhere, but each process its own dropout
+            torch.manual_seed(s["seed"] + group.rank)
+        # What a training step calls: the model with its loss and AR/TAR, which
+        # join_processes wraps in DistributedDataParallel under torchrun.
+        self.objective = Objective(self.model, s["alpha"], s["beta"])
         self.optimizer = make_optimizer(s, self.model.parameters())
         self.plan = None  # budget.plan's schedule (a budget or --schedule onecycle)
         self.scheduler = None  # OneCycleLR under --schedule onecycle
         self.deadline = None  # time.time() by which training must stop (a budget)
         self.out_of_time = False
         self.rng = np.random.default_rng(s["seed"])  # variable BPTT lengths
-        self.train_data = batchify(corpus.train, s["batch_size"]).to(device)
+        # (steps, batch) or, under torchrun, this process's columns of it
+        self.train_data = batchify(corpus.train, s["batch_size"])[
+            :, group.columns(s["batch_size"])].contiguous().to(device)
         self.averaged = None  # RunningAverage from the NT-ASGD switch (or fine-tuning) on
         self.lr = s["lr"]
         self.epoch = 0  # epochs completed
@@ -137,6 +151,13 @@ class Trainer:
         self.provenance = []  # provenance.record of the start and of each resume
         if s["finetune"]:
             self.averaged = RunningAverage(self.model)
+
+    def join_processes(self):
+        """Under torchrun, train through DistributedDataParallel, whose construction copies
+        the main process's weights to every process: all of them must call this together,
+        after a set-up that every one of them passed."""
+        self.objective = self.group.wrap(self.objective,
+                                         find_unused_parameters=self.model.adaptive)
 
     @property
     def eval_model(self):
@@ -157,8 +178,13 @@ class Trainer:
                          valid_loss=valid_loss, valid_ppl=ppl(valid_loss))
 
     def state(self):
-        rng = dict(torch=torch.get_rng_state(), numpy=self.rng.bit_generator.state,
+        """The training state (every process must call this together under torchrun: each
+        one's random state goes into it)."""
+        own = dict(torch=torch.get_rng_state(),
                    cuda=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [])
+        rng = dict(own, numpy=self.rng.bit_generator.state)
+        if self.group.size > 1:  # each process draws its own dropout masks
+            rng["processes"] = self.group.gather(own)
         return self.pack(
             "state", model=self.model.state_dict(),
             averaged=self.averaged.state_dict() if self.averaged is not None else None,
@@ -188,13 +214,23 @@ class Trainer:
                 self.scheduler.load_state_dict(state["scheduler"])
         self.resumed = True
         self.position = state["position"]
-        if self.position is not None:
-            self.position["hidden"] = map_hidden(lambda t: t.to(self.device),
-                                                 self.position["hidden"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
+        if self.position is not None:  # the whole batch's state: take this process's columns
+            columns = self.group.columns(self.s["batch_size"])
+            self.position["hidden"] = map_hidden(
+                lambda t: t[:, columns].contiguous().to(self.device), self.position["hidden"])
+        rng = state["rng"]
+        self.rng.bit_generator.state = rng["numpy"]  # the BPTT lengths: one stream for all
+        saved = rng.get("processes") or [rng]
+        if len(saved) == self.group.size:
+            own = saved[self.group.rank]
+            torch.set_rng_state(own["torch"])
+            if own["cuda"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(own["cuda"])
+        else:
+            print(f"note: the state was saved by {plural(len(saved), 'process')} and this "
+                  f"run has {self.group.size}: training continues from the same weights and "
+                  "place, but dropout draws other masks than the saved run would have")
+            torch.manual_seed(self.s["seed"] + self.steps + self.group.rank)
 
     def steps_per_epoch(self, max_batches=None):
         """Training steps of one full epoch (an estimate under variable BPTT), at most
@@ -223,11 +259,13 @@ class Trainer:
         to be saved (so <stem>-finetune.pt is never worse than the model it came from)."""
         self.best_valid_loss = evaluate(self.eval_model, self.corpus.valid,
                                         self.s["eval_batch_size"], self.s["bptt"],
-                                        progress="validating the start")
+                                        progress="validating the start", group=self.group)
         return self.best_valid_loss
 
     def save_state(self):
-        checkpoint.save(checkpoint.state_path(self.model_path), self.state())
+        state = self.state()
+        if self.group.main:
+            checkpoint.save(checkpoint.state_path(self.model_path), state)
 
     # Divergence ----------------------------------------------------------------------------
 
@@ -257,42 +295,55 @@ class Trainer:
         divergence and its mean so far passed to `on_progress(step, loss, lr, tokens_per_s)`.
         Every `save_every` seconds (if given) the training state is saved mid-epoch, to
         resume from exactly like an end-of-epoch state. Returns the mean training loss,
-        or None when stopped by a signal."""
-        s, model, data = self.s, self.model, self.train_data
-        model.train()
+        or None when stopped by a signal (`stop`).
+
+        A stop, a passed deadline and a due save are requests that one process may see
+        before the others; on one process they take effect after the batch that sees them,
+        under torchrun at the next check point (every `log_interval` batches, and at the end
+        of the epoch), where the processes add up their losses and requests."""
+        s, group, data = self.s, self.group, self.train_data
+        self.model.train()
         if self.position is None:
             self.position = dict(index=0, batches=0, loss_sum=0.0, tokens=0, seconds=0.0,
-                                 hidden=model.init_hidden(s["batch_size"]))
+                                 hidden=self.model.init_hidden(data.size(1)))
         pos = self.position
         hidden, row, batches = pos["hidden"], pos["index"], pos["batches"]
-        loss_sum = torch.tensor(pos["loss_sum"], dtype=torch.float64, device=self.device)
-        tokens, started = pos["tokens"], time.time() - pos["seconds"]
+        # The epoch's loss sum and tokens so far over all processes, as of the last check
+        # point; and this process's own, of which the main one also carries those from
+        # before a resume (so that adding up the processes counts them once).
+        total, all_tokens = pos["loss_sum"], pos["tokens"]
+        loss_sum = torch.tensor(total if group.main else 0.0, dtype=torch.float64,
+                                device=self.device)
+        tokens = all_tokens if group.main else 0
+        started = time.time() - pos["seconds"]
         # the loss sum, tokens and batches at the last divergence check
-        checked_sum, checked_tokens, checked_batches = pos["loss_sum"], tokens, batches
+        checked_sum, checked_tokens, checked_batches = total, all_tokens, batches
         last_save = time.time()
 
         def position():  # where the epoch stands, for a saved state to continue from
-            return dict(index=row, batches=batches, loss_sum=loss_sum.item(), tokens=tokens,
-                        seconds=time.time() - started, hidden=detach_hidden(hidden))
+            return dict(index=row, batches=batches, loss_sum=total, tokens=all_tokens,
+                        seconds=time.time() - started,
+                        hidden=map_hidden(group.gather_columns, detach_hidden(hidden)))
 
         seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
         if self.plan is not None:
             max_batches = self.plan["batches_per_epoch"]
         bar = progress_bar(total=self.steps_per_epoch(max_batches), initial=batches,
-                           desc=f"epoch {self.epoch + 1}", unit="batch")
+                           desc=f"epoch {self.epoch + 1}" if group.main else None, unit="batch")
         left = None if max_batches is None else max(max_batches - batches, 0)
-        at_end = False
+        at_end = stopping = False
         for row, inputs, targets in itertools.islice(
                 windows(data, seq_len, start=row, min_len=MIN_WINDOW), left):
             base_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.lr
             lr = base_lr * inputs.size(0) / s["bptt"]  # a short window takes a smaller step
-            loss, hidden = train_step(model, self.optimizer, inputs, targets, hidden, lr, s)
+            loss, hidden = train_step(self.objective, self.optimizer, inputs, targets, hidden,
+                                      lr, s)
             if self.scheduler is not None and self.steps + 1 < self.scheduler.total_steps:
                 self.scheduler.step()
             if self.averaged is None and self.averaging_due():
-                self.averaged = RunningAverage(model)
+                self.averaged = RunningAverage(self.model)
             if self.averaged is not None:
-                self.averaged.update_parameters(model)
+                self.averaged.update_parameters(self.model)
             loss_sum += loss.double() * targets.numel()
             tokens += targets.numel()
             row += inputs.size(0)
@@ -300,32 +351,40 @@ class Trainer:
             self.steps += 1
             bar.update(1)
             at_end = data.size(0) - 1 - row < MIN_WINDOW or batches == max_batches
-            if self.deadline is not None and time.time() >= self.deadline:
-                self.out_of_time = at_end = True  # a budget: end the epoch here
-            save_due = save_every is not None and time.time() - last_save >= save_every
-            if batches % log_interval == 0 or at_end or stop.requested or save_due:
-                total = loss_sum.item()  # the one host sync, every log_interval
-                recent = (total - checked_sum) / (tokens - checked_tokens)
+            requests = torch.tensor([  # what this process alone may have seen
+                stop.requested, self.deadline is not None and time.time() >= self.deadline,
+                save_every is not None and time.time() - last_save >= save_every])
+            if batches % log_interval == 0 or at_end or (group.size == 1 and requests.any()):
+                # A check point, the one host sync; under torchrun the processes add up
+                # their losses, tokens and requests, and act on them together.
+                sums = group.sum(torch.cat([loss_sum.view(1), torch.tensor(
+                    [tokens], dtype=torch.float64, device=self.device),
+                    requests.to(self.device, torch.float64)])).tolist()
+                total, all_tokens = sums[0], round(sums[1])
+                stopping, late, save_due = (v > 0 for v in sums[2:])
+                recent = (total - checked_sum) / (all_tokens - checked_tokens)
                 if self.diverged(recent):
                     bar.close()
                     raise self.divergence(f"the mean training loss of batches "
                                           f"{checked_batches + 1}-{batches}", recent)
-                checked_sum, checked_tokens, checked_batches = total, tokens, batches
-                mean_loss = total / tokens
-                tokens_per_s = tokens / max(time.time() - started, 1e-9)
+                checked_sum, checked_tokens, checked_batches = total, all_tokens, batches
+                mean_loss = total / all_tokens
+                tokens_per_s = all_tokens / max(time.time() - started, 1e-9)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}",
                                 lr=f"{base_lr:g}", tok_s=f"{tokens_per_s:,.0f}")
                 if on_progress is not None:
                     on_progress(self.steps, mean_loss, base_lr, tokens_per_s)
-            if stop.requested or self.out_of_time:
-                break
-            if save_due and not at_end:  # (the end of the epoch saves the state anyway)
-                self.position = position()
-                self.save_state()
-                last_save = time.time()
+                if late:
+                    self.out_of_time = at_end = True  # a budget: end the epoch here
+                if stopping or self.out_of_time:
+                    break
+                if save_due and not at_end:  # (the end of the epoch saves the state anyway)
+                    self.position = position()
+                    self.save_state()
+                    last_save = time.time()
         bar.close()
         self.position = position()
-        if stop.requested and not at_end:
+        if stopping and not at_end:
             return None
         return self.position["loss_sum"] / self.position["tokens"]
 
@@ -336,13 +395,14 @@ class Trainer:
         # the lr of the epoch (under onecycle: where the cycle stands at its end)
         epoch_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.lr
         valid_loss = evaluate(self.eval_model, self.corpus.valid, s["eval_batch_size"],
-                              s["bptt"], progress="validating")
+                              s["bptt"], progress="validating", group=self.group)
         if self.diverged(valid_loss):
             raise self.divergence("the validation loss", valid_loss)
         mode, event = ("ASGD" if self.averaged is not None else "SGD"), ""
         if valid_loss < self.best_valid_loss:
             self.best_valid_loss = valid_loss
-            checkpoint.save(self.model_path, self.model_checkpoint(valid_loss))
+            if self.group.main:
+                checkpoint.save(self.model_path, self.model_checkpoint(valid_loss))
             event = "saved"
         trigger = should_start_averaging(self.valid_history, valid_loss, s["nonmono"])
         if s["finetune"] and trigger:

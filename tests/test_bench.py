@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bench
-from bptt import train_step
+from bptt import Objective, train_step
 from config import PRESETS
 from model import build_model
 
@@ -21,7 +21,8 @@ def test_the_example_style_step_computes_the_same_update_as_train_step():
         model = build_model(dict(model="lstm", ntoken=50, emsize=8, nhid=8, nlayers=2,
                                  dropout=0.0, tied=True))
         optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"])
-        loss, _ = step(model, optimizer, inputs, targets, model.init_hidden(3), s["lr"], s)
+        loss, _ = step(Objective(model, 0.0, 0.0), optimizer, inputs, targets,
+                       model.init_hidden(3), s["lr"], s)
         updated.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*updated):
         assert torch.allclose(a, b, atol=1e-6)
@@ -30,17 +31,23 @@ def test_the_example_style_step_computes_the_same_update_as_train_step():
 def test_bench_prints_every_configuration_with_positive_figures(capsys):
     tiny = []
     for kind in ("awd", "lstm"):
-        tiny += [f"--{kind}-emsize", "8", f"--{kind}-nhid", "8", f"--{kind}-nlayers", "2",
+        tiny += [f"--{kind}-emsize", "16", f"--{kind}-nhid", "16", f"--{kind}-nlayers", "2",
                  f"--{kind}-batch-size", "2", f"--{kind}-bptt", "5"]
-    bench.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--repeats", "1"] + tiny)
+    bench.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--repeats", "1",
+                "--configs", "abcdef"] + tiny)
     out = capsys.readouterr().out
-    for label in "abcd":
+    for label in "abcdef":
         row = re.search(rf"^\({label}\) .*?\s([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+) MiB$",
                         out, re.M)
         assert row, label
         assert float(row.group(2)) > 0 and int(row.group(3).replace(",", "")) > 0
-    assert re.search(r"^a/b .*\s\d+\.\d{3}$", out, re.M)
-    assert re.search(r"^c/d .*\s\d+\.\d{3}$", out, re.M)
+    for ratio in ("a/b", "c/d", "e/f"):
+        assert re.search(rf"^{ratio} .*\s\d+\.\d{{3}}$", out, re.M), ratio
+    # (e) and (f) have WikiText-103's vocabulary: the full softmax's 267,735 x 16 decoder
+    # outweighs the adaptive softmax's head of 20,002 words and its two narrow clusters
+    params = {label: int(re.search(rf"^\({label}\) .*?\s([\d,]+)\s+[\d.]+\s", out,
+                                   re.M).group(1).replace(",", "")) for label in "aef"}
+    assert params["e"] > params["a"] and params["f"] - params["e"] > 3_000_000
 
 
 def test_counts_below_one_are_one_clean_error_line():

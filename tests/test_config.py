@@ -4,7 +4,7 @@ the precision switch."""
 import pytest
 import torch
 
-from bptt import train_step
+from bptt import Objective, train_step
 from config import COUNT, DROPOUT, POSITIVE, PRESETS, SEED, Parser, SettingsError, set_precision
 from model import build_model
 
@@ -62,7 +62,8 @@ def test_bf16_on_the_cpu_trains_or_says_why_not():
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     s = dict(PRESETS["awd"], precision="bf16")
     tokens = torch.randint(0, 20, (6, 2))
-    loss, _ = train_step(model, optimizer, tokens, tokens, model.init_hidden(2), 1.0, s)
+    loss, _ = train_step(Objective(model, s["alpha"], s["beta"]), optimizer, tokens, tokens,
+                         model.init_hidden(2), 1.0, s)
     assert torch.isfinite(loss) and next(model.parameters()).dtype == torch.float32
 
 

@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+from bptt import evaluate, ppl
 from model import (AWDLSTM, LockedDropout, LSTMModel, WeightDropLSTM, build_model,
                    count_parameters, detach_hidden, embedding_dropout)
 
@@ -197,3 +198,27 @@ def test_adaptive_softmax_puts_the_commonest_words_in_its_head():
     assert "word_rank" not in LSTMModel(6, emsize=4, nhid=4).state_dict()  # full softmax
     with pytest.raises(ValueError, match="would have no features"):
         LSTMModel(60, emsize=4, nhid=4, nlayers=1, tied=False, cutoffs=[10, 30])
+
+
+@pytest.mark.parametrize("kind", ["awd", "lstm"])
+def test_with_every_word_in_its_head_the_adaptive_softmax_is_a_full_softmax(kind):
+    # torch's class always keeps one tail cluster; a cluster of one word is certain (a
+    # softmax over one word), so with the other words in the head its probabilities are a
+    # full softmax's (without bias) over the head's rows: the same weights, the same
+    # perplexity on a tiny corpus.
+    ntoken = 40
+    torch.manual_seed(0)
+    config = dict(model=kind, ntoken=ntoken, emsize=8, nhid=16, nlayers=2, tied=False)
+    adaptive = build_model(dict(config, cutoffs=[ntoken - 1])).eval()
+    adaptive.order_words_by_frequency(torch.randint(0, 100, (ntoken,)))
+    full = build_model(config).eval()
+    weights = {name: value for name, value in adaptive.state_dict().items()
+               if not name.startswith("decoder.") and name != "word_rank"}
+    head = adaptive.decoder.head.weight  # (ntoken - 1 words + 1 cluster, features), by rank
+    weights.update({"decoder.weight": head[adaptive.word_rank],
+                    "decoder.bias": torch.zeros(ntoken)})
+    full.load_state_dict(weights)
+    text = torch.randint(0, ntoken, (600,))
+    assert ppl(evaluate(adaptive, text, 4, 10)) == pytest.approx(ppl(evaluate(full, text, 4, 10)),
+                                                                 rel=1e-5)
+    assert ppl(evaluate(full, text, 4, 10)) > 20  # untrained: a real comparison, not ~1

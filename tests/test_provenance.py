@@ -17,7 +17,7 @@ def corpus_in(tmp_path, test_text="c d\n"):
 
 def test_a_record_is_plain_data_with_every_key(tmp_path):
     record = provenance.record("python train.py", torch.device("cpu"), corpus_in(tmp_path))
-    assert set(record) == set(provenance.KEYS)
+    assert set(record) == set(provenance.KEYS + provenance.ADDED_KEYS)
     torch.save(record, tmp_path / "r.pt")  # checkpoints must load with weights_only=True
     assert torch.load(tmp_path / "r.pt", weights_only=True) == record
     assert re.fullmatch(r"none|[0-9a-f]{40}( \(with uncommitted changes\))?", record["commit"])

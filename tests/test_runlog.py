@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from config import SettingsError
-from runlog import (FIELDS, RunLog, SaveLock, duration, lock_path, metrics_path, read_metrics,
-                    summary_path)
+from runlog import (FIELDS, RunLog, SaveLock, duration, lock_path, metrics_path, plural,
+                    read_metrics, summary_path)
 
 
 def row(epoch, event=""):
@@ -136,3 +136,9 @@ def test_an_unwritable_save_directory_is_refused_at_once(tmp_path):
     blocker.write_text("")
     with pytest.raises(SettingsError, match="cannot write to the --save directory"):
         SaveLock(str(blocker / "awd.pt")).__enter__()
+
+
+def test_plural_counts_in_words():
+    assert plural(1, "epoch") == "1 epoch" and plural(3, "epoch") == "3 epochs"
+    assert plural(2, "process") == "2 processes" and plural(1, "process") == "1 process"
+    assert plural(1200, "batch") == "1,200 batches"

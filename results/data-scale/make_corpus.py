@@ -1,11 +1,14 @@
 """A synthetic WikiText-103-sized corpus: 100M training tokens, a 267,735-word vocabulary
 (every word at least once, then Zipf-distributed), lines of 20 words; valid and test of
-240k tokens each.   python make_corpus.py OUT_DIR"""
+240k tokens each.   python make_corpus.py OUT_DIR [TRAIN_TOKENS]
+(a smaller TRAIN_TOKENS keeps the vocabulary, with valid and test of TRAIN_TOKENS / 40)"""
 import os
 import sys
 
 import numpy as np
-V, N, LINE = 267_735, 100_000_000, 20
+V, LINE = 267_735, 20
+N = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000_000
+HELD_OUT = min(240_000, N // 40 // LINE * LINE)
 rng = np.random.default_rng(0)
 words = [f"w{i}".encode() for i in range(V)]
 
@@ -24,5 +27,5 @@ def write(path, n, first=None):
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 write(os.path.join(out, "wiki.train.tokens"), N, first=rng.permutation(V))
-write(os.path.join(out, "wiki.valid.tokens"), 240_000)
-write(os.path.join(out, "wiki.test.tokens"), 240_000)
+write(os.path.join(out, "wiki.valid.tokens"), HELD_OUT)
+write(os.path.join(out, "wiki.test.tokens"), HELD_OUT)

@@ -1,0 +1,183 @@
+"""Tests of distributed.py and of train.py under torchrun: 2 CPU processes (gloo) train like
+one process, a stop that reaches one of them stops all, and the run resumes exactly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import distributed
+import runlog
+from distributed import Group
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_DROPOUT = ["--dropout", "0", "--dropouth", "0", "--dropouti", "0", "--dropoute", "0",
+              "--wdrop", "0"]
+TINY_AWD = ["--model", "awd", "--emsize", "16", "--nhid", "24", "--batch_size", "4",
+            "--bptt", "12", "--seed", "3", "--log-interval", "5"]
+
+
+def test_columns_split_a_batch_in_blocks_that_cover_it_once():
+    for size, batch in ((2, 4), (3, 10), (2, 1), (4, 80)):
+        blocks = [Group(rank, size).columns(batch) for rank in range(size)]
+        assert [i for b in blocks for i in range(batch)[b]] == list(range(batch))
+        widths = [len(range(batch)[b]) for b in blocks]
+        assert max(widths) - min(widths) <= 1 and widths == sorted(widths, reverse=True)
+    assert Group().columns(7) == slice(0, 7)
+
+
+def test_one_process_collectives_return_their_input():
+    group = distributed.SINGLE
+    t = torch.tensor([1.5, 2.0])
+    assert group.sum(t) is t and group.gather("x") == ["x"] and group.broadcast(3) == 3
+    assert group.any(True) and not group.any(False)
+    hidden = torch.randn(2, 3, 4)
+    assert group.gather_columns(hidden) is hidden
+    module = torch.nn.Linear(2, 2)
+    assert group.wrap(module) is module
+    with pytest.raises(ValueError, match="broken"):
+        group.stop_if_any_failed(ValueError("broken"))
+    group.stop_if_any_failed(None)
+
+
+def test_launch_commands_name_the_processes():
+    assert distributed.launch_command(distributed.SINGLE) == ["python"]
+    assert distributed.launch_command(Group(0, 4, 4, "nccl", torchrun=True)) == [
+        "torchrun", "--standalone", "--nproc_per_node", "4"]
+    assert distributed.launch_command(Group(0, 16, 8, "nccl", torchrun=True))[:3] == [
+        "torchrun", "--nnodes", "2"]
+    assert Group(0, 16, 8, "nccl").describe() == "16 processes on 2 machines (nccl)"
+
+
+def write_corpus(root, lines, seed=0):
+    rng = np.random.default_rng(seed)
+    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 40, 10)) + "\n"
+                   for _ in range(lines))
+    root.mkdir()
+    for name, part in (("train.txt", text), ("valid.txt", text[:3000]),
+                       ("test.txt", text[3000:6000])):
+        (root / name).write_text(part)
+    return str(root)
+
+
+def command(argv, processes):
+    script = os.path.join(REPO, "train.py")
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc_per_node", str(processes)] if processes else [sys.executable])
+    return launcher + [script] + [str(a) for a in argv]
+
+
+def train(argv, processes=None):
+    """Run train.py (under torchrun with `processes`); its completed process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    done = subprocess.run(command(argv, processes), capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def weights(path):
+    return checkpoint.load(str(path), kind="state")["model"]
+
+
+@pytest.mark.parametrize("device, backend, tolerance", [
+    ("cpu", "gloo", 1e-4),
+    pytest.param("cuda", "nccl", 1e-3, marks=[pytest.mark.cuda, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="needs 2 GPUs")])])
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, device, backend,
+                                                                  tolerance):
+    data = write_corpus(tmp_path / "corpus", 300)
+    common = TINY_AWD + NO_DROPOUT + ["--data", data, "--epochs", "3", "--nonmono", "1",
+                                      "--max-batches", "25", "--device", device]
+    one = train(common + ["--save", tmp_path / "one.pt"])
+    two = train(common + ["--save", tmp_path / "two.pt"], processes=2)
+
+    lines = two.stdout.splitlines()
+    assert lines[0] == f"torchrun: 2 processes ({backend})"
+    assert "batch 4 = 2 x 2 columns" in lines[1]
+    assert sum(line.startswith("finished after") for line in lines) == 1  # rank 0 speaks
+    rows = [runlog.read_metrics(tmp_path / f"{name}.csv") for name in ("one", "two")]
+    assert len(rows[0]) == len(rows[1]) == 3
+    for a, b in zip(*rows):
+        for column in ("train_loss", "valid_loss"):
+            assert float(a[column]) == pytest.approx(float(b[column]), abs=2 * tolerance)
+        assert a["event"] == b["event"]
+    for name, value in weights(tmp_path / "one.state.pt").items():
+        assert torch.allclose(value, weights(tmp_path / "two.state.pt")[name],
+                              atol=tolerance), name
+    test_ppl = [line.split("test ppl ")[1] for out in (one.stdout, two.stdout)
+                for line in out.splitlines() if "test ppl" in line]
+    assert test_ppl[0] == test_ppl[1]  # the reduced test loss is the one process's
+
+
+def worker_of_rank(launcher_pid, rank):
+    """The pid of torchrun's worker process with this rank (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ") as f:
+                environ = f.read().split("\0")
+        except OSError:
+            continue
+        if parent == launcher_pid and f"RANK={rank}" in environ:
+            return int(entry)
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
+def test_a_stop_that_reaches_one_process_stops_all_and_the_run_resumes_exactly(tmp_path):
+    data = write_corpus(tmp_path / "corpus", 1000, seed=1)
+    # dropout on, to check each process's random state; epochs of 200 batches, about 1 s
+    common = TINY_AWD + ["--data", data, "--epochs", "2", "--max-batches", "200"]
+    train(common + ["--save", tmp_path / "straight.pt"], processes=2)
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = subprocess.Popen(command(common + ["--save", tmp_path / "stopped.pt"], 2),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+    for line in launcher.stdout:  # the first epoch ended: stop rank 1 alone in the second
+        if line.startswith("epoch    1 |"):
+            time.sleep(0.3)
+            os.kill(worker_of_rank(launcher.pid, 1), signal.SIGTERM)
+            break
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 0, out + err
+    assert out.count("training state saved") == 1 and "--nproc_per_node 2" in out
+    state = checkpoint.load(str(tmp_path / "stopped.state.pt"), kind="state")
+    assert state["epoch"] == 1 and state["position"] is not None, out + err  # inside epoch 2
+    assert state["position"]["hidden"][0][0].shape[1] == 4  # the whole batch's state
+    assert len(state["rng"]["processes"]) == 2
+
+    mid_epoch = (tmp_path / "stopped.state.pt").read_bytes()
+    resumed = train(["--resume", tmp_path / "stopped.state.pt", "--max-batches", "200"],
+                    processes=2)
+    for name, value in weights(tmp_path / "straight.state.pt").items():
+        assert torch.equal(value, weights(tmp_path / "stopped.state.pt")[name]), (
+            name, out, resumed.stdout, state["position"]["batches"])
+
+    # The same state continues on one process too, which says its dropout draws differ.
+    (tmp_path / "stopped.state.pt").write_bytes(mid_epoch)
+    one = train(["--resume", tmp_path / "stopped.state.pt", "--max-batches", "200"])
+    assert "saved by 2 processes and this run has 1" in one.stdout
+    assert checkpoint.load(str(tmp_path / "stopped.state.pt"), kind="state")["epoch"] == 2
+
+
+def test_a_setting_that_fails_on_every_process_is_said_once(tmp_path):
+    data = write_corpus(tmp_path / "corpus", 300)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command(TINY_AWD + ["--data", data, "--batch_size", "3", "--save",
+                                              tmp_path / "odd.pt"], 2),
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    message = "error: --batch_size 3 does not split evenly over 2 processes"
+    assert done.stderr.count(message) == 1
+    assert not (tmp_path / "odd.pt").exists() and not (tmp_path / "odd.lock").exists()
