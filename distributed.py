@@ -165,7 +165,8 @@ def start(device_name):
         yield SINGLE, pick_device(device_name)
         return
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank, local_size = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))  # (set by torchrun)
     device = pick_device(device_name)
     if device.type == "cuda":
         if local_size > torch.cuda.device_count():

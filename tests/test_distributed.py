@@ -116,6 +116,19 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, devic
     assert test_ppl[0] == test_ppl[1]  # the reduced test loss is the one process's
 
 
+@pytest.mark.cuda
+def test_one_process_under_torchrun_trains_as_without_it_on_a_gpu(tmp_path):
+    data = write_corpus(tmp_path / "corpus", 300)
+    common = TINY_AWD + ["--data", data, "--epochs", "2", "--max-batches", "25",
+                         "--device", "cuda"]
+    train(common + ["--save", tmp_path / "plain.pt"])
+    under = train(common + ["--save", tmp_path / "torchrun.pt"], processes=1)
+    assert under.stdout.startswith("torchrun: 1 process, which trains as without torchrun")
+    for name, value in weights(tmp_path / "plain.state.pt").items():
+        assert torch.allclose(value, weights(tmp_path / "torchrun.state.pt")[name],
+                              atol=1e-5), name
+
+
 def worker_of_rank(launcher_pid, rank):
     """The pid of torchrun's worker process with this rank (Linux /proc)."""
     for entry in os.listdir("/proc"):
