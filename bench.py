@@ -227,7 +227,7 @@ def run(args, group, device):
     results = {}
     for r in runs:
         label = r["label"]
-        emsize, nhid, nlayers, batch_size, bptt = shapes[r["kind"]]
+        batch_size, bptt = shapes[r["kind"]][3:]
         seconds = statistics.median(t[0] for t in timings[label])
         peak, n_params = max(t[1] for t in timings[label]), timings[label][0][2]
         # Each process's own rate over its columns; the run's is their sum.
