@@ -57,12 +57,15 @@ class Group:
     def main(self):
         return self.rank == 0
 
+    @property
+    def machines(self):
+        return self.size // self.local_size
+
     def describe(self):
         """"2 processes (gloo)": what the first line of a run under torchrun names."""
         if self.size == 1:
             return "1 process"
-        nodes = self.size // self.local_size
-        where = f" on {nodes} machines" if nodes > 1 else ""
+        where = f" on {self.machines} machines" if self.machines > 1 else ""
         return f"{self.size} processes{where} ({self.backend})"
 
     def columns(self, batch_size):
@@ -151,9 +154,8 @@ def launch_command(group):
     command on as many machines and processes (rendezvous flags aside)."""
     if not group.torchrun:
         return ["python"]
-    nodes = group.size // group.local_size
-    return ["torchrun"] + (["--nnodes", str(nodes)] if nodes > 1 else ["--standalone"]) + [
-        "--nproc_per_node", str(group.local_size)]
+    machines = ["--nnodes", str(group.machines)] if group.machines > 1 else ["--standalone"]
+    return ["torchrun"] + machines + ["--nproc_per_node", str(group.local_size)]
 
 
 @contextlib.contextmanager

@@ -278,7 +278,7 @@ def train(args, stack, group, device, argv):
     # The end: say why the run stopped, test the best model of this run, write the summary.
     if stopped:
         machines = (" on each machine, with this run's rendezvous flags"
-                    if group.size > group.local_size else "")
+                    if group.machines > 1 else "")
         print(f"stopped; training state saved to {state_file} "
               f"(continue with: {resume_command(args, state_file, group)}{machines})")
     else:

@@ -351,15 +351,15 @@ class Trainer:
             self.steps += 1
             bar.update(1)
             at_end = data.size(0) - 1 - row < MIN_WINDOW or batches == max_batches
-            requests = torch.tensor([  # what this process alone may have seen
+            requests = (  # what this process alone may have seen: stop, late, save due
                 stop.requested, self.deadline is not None and time.time() >= self.deadline,
-                save_every is not None and time.time() - last_save >= save_every])
-            if batches % log_interval == 0 or at_end or (group.size == 1 and requests.any()):
+                save_every is not None and time.time() - last_save >= save_every)
+            if batches % log_interval == 0 or at_end or (group.size == 1 and any(requests)):
                 # A check point, the one host sync; under torchrun the processes add up
                 # their losses, tokens and requests, and act on them together.
-                sums = group.sum(torch.cat([loss_sum.view(1), torch.tensor(
-                    [tokens], dtype=torch.float64, device=self.device),
-                    requests.to(self.device, torch.float64)])).tolist()
+                counts = torch.tensor([tokens, *requests], dtype=torch.float64,
+                                      device=self.device)
+                sums = group.sum(torch.cat([loss_sum.view(1), counts])).tolist()
                 total, all_tokens = sums[0], round(sums[1])
                 stopping, late, save_due = (v > 0 for v in sums[2:])
                 recent = (total - checked_sum) / (all_tokens - checked_tokens)
