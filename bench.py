@@ -34,9 +34,10 @@ import time
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import distributed
-from bptt import Objective, train_step, windows
+from bptt import Objective, ppl, train_step, windows
 from config import (COUNT, PRECISIONS, PRESETS, Parser, SettingsError, checked, cutoff_list,
                     describe_device, out_of_memory, set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError, batchify
@@ -74,11 +75,31 @@ def zipf_tokens(n, ntoken, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).choice(ntoken, size=n, p=p / p.sum()))
 
 
+class CudnnRepacks(TorchDispatchMode):
+    """Counts, while active, what makes cuDNN copy an LSTM's weights into a new flat buffer:
+    a flatten (what nn.LSTM does when its weights were swapped, e.g. by functional_call)
+    and a cuDNN LSTM call given weights that are not views of one buffer in its layout
+    (it then copies them and warns). Always 0 on the CPU, which has no cuDNN."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._cudnn_rnn_flatten_weight.default:
+            self.count += 1
+        elif func is torch.ops.aten._cudnn_rnn.default and args[3] is None:  # no weight_buf
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
                group=distributed.SINGLE):
-    """Mean seconds per training step and peak memory (bytes) of this process, and the
-    parameter count, for one configuration (`run`, an entry of RUNS, with the adaptive
-    softmax's "cutoffs") at `shape`, stepping through `tokens` (1-D ids below `ntoken`)."""
+    """One configuration (`run`, an entry of RUNS, with the adaptive softmax's "cutoffs")
+    at `shape`, stepping through `tokens` (1-D ids below `ntoken`): a dict of the mean
+    seconds per training step, this process's peak memory (bytes), the parameter count,
+    the mean training loss of the timed steps, the dtype the last LSTM layer computed in,
+    and the cuDNN weight re-packs of one more step (CudnnRepacks), untimed."""
     emsize, nhid, nlayers, batch_size, bptt = shape
     s = dict(PRESETS[run["kind"]], emsize=emsize, nhid=nhid, nlayers=nlayers,
              batch_size=batch_size, bptt=bptt, precision=precision)
@@ -92,24 +113,29 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
     objective = group.wrap(Objective(model, s["alpha"], s["beta"]),
                            find_unused_parameters=model.adaptive)
     optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"], weight_decay=s["wdecay"])
-    data = batchify(tokens[: (steps + warmup + 1) * bptt * batch_size + 1], batch_size)
+    data = batchify(tokens[: (steps + warmup + 2) * bptt * batch_size + 1], batch_size)
     data = data[:, group.columns(batch_size)].contiguous().to(device)
     hidden = model.init_hidden(data.size(1))
     batches = windows(data, bptt)
     step_fn = run.get("step", train_step)
+    dtypes = []
+    model.rnns[-1].register_forward_hook(lambda module, inputs, out: dtypes.append(out[0].dtype))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def steps_of(n):
         nonlocal hidden
+        losses = []
         for _, inputs, targets in itertools.islice(batches, n):
-            _, hidden = step_fn(objective, optimizer, inputs, targets, hidden, s["lr"], s)
+            loss, hidden = step_fn(objective, optimizer, inputs, targets, hidden, s["lr"], s)
+            losses.append(loss)
+        return losses
 
     steps_of(warmup)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    steps_of(steps)
+    losses = steps_of(steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / steps
@@ -117,7 +143,11 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
         peak = torch.cuda.max_memory_allocated(device)
     else:  # the process's high-water mark so far (ru_maxrss is in KiB on Linux)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return seconds, peak, count_parameters(model)
+    with CudnnRepacks() as repacks:
+        steps_of(1)
+    return dict(seconds=seconds, peak=peak, params=count_parameters(model),
+                train_loss=torch.stack(losses).float().mean().item(),
+                lstm_dtype=str(dtypes[-1]).replace("torch.", ""), repacks=repacks.count)
 
 
 # The configurations: which model, its settings besides the shapes, which data.
@@ -156,8 +186,8 @@ def main(argv=None):
     p.add_argument("--data", default=DEFAULT_DATA, help="the corpus of (a)-(d)")
     p.add_argument("--cutoffs", type=cutoff_list, default=[20000, 60000],
                    help="the adaptive softmax's cutoffs in (e), as train.py --cutoffs")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="as train.py --precision (the example-style step (d) is always fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default="torch",
+                   help="as train.py --precision (the example-style step (d) has no autocast)")
     for prefix in ("awd", "lstm"):
         for name in SHAPE:
             p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=COUNT, default=None,
@@ -213,7 +243,7 @@ def run(args, group, device):
     memory = "peak GPU memory" if device.type == "cuda" else "process peak RSS"
     per_process = f" {'tok/s/proc':>10}" if group.size > 1 else ""
     print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10}"
-          f"{per_process} {memory:>16}")
+          f"{per_process} {'train ppl':>10} {'LSTM':>8} {'re-packs':>8} {memory:>16}")
     # Round-robin repeats, median per configuration: on a busy CPU single timings of the
     # same configuration differ by 10% and more.
     timings = {r["label"]: [] for r in runs}
@@ -228,8 +258,9 @@ def run(args, group, device):
     for r in runs:
         label = r["label"]
         batch_size, bptt = shapes[r["kind"]][3:]
-        seconds = statistics.median(t[0] for t in timings[label])
-        peak, n_params = max(t[1] for t in timings[label]), timings[label][0][2]
+        first = timings[label][0]  # (every repeat starts from the same seed and data)
+        seconds = statistics.median(t["seconds"] for t in timings[label])
+        peak = max(t["peak"] for t in timings[label])
         # Each process's own rate over its columns; the run's is their sum.
         rates = group.gather(batch_size // group.size * bptt / seconds)
         peak = max(group.gather(peak))
@@ -237,8 +268,9 @@ def run(args, group, device):
         results[label] = seconds
         name = f"({label}) {r['title']}"
         per_process = f" {statistics.mean(rates):>10,.0f}" if group.size > 1 else ""
-        print(f"{name:<44} {n_params:>11,} {1000 * seconds:>9.1f} {sum(rates):>10,.0f}"
-              f"{per_process} {peak / 2**20:>13,.0f} MiB")
+        print(f"{name:<44} {first['params']:>11,} {1000 * seconds:>9.1f} {sum(rates):>10,.0f}"
+              f"{per_process} {ppl(first['train_loss']):>10.1f} {first['lstm_dtype']:>8} "
+              f"{first['repacks']:>8} {peak / 2**20:>13,.0f} MiB")
         for first, second in (("a", "b"), ("c", "d"), ("e", "f")):
             if label == second and first in results:
                 print(f"{f'{first}/{second} (speed of {first} relative to {second})':<44} "

@@ -62,10 +62,11 @@ def activation_regularization(out, alpha, beta):
     """AR: alpha * mean(h^2) of the dropped last layer; TAR: beta * mean((h_t+1 - h_t)^2)
     of the undropped one."""
     penalty = 0.0
-    if alpha:
-        penalty = penalty + alpha * out.dropped_output.pow(2).mean()
-    if beta and out.raw_output.size(0) > 1:
-        penalty = penalty + beta * (out.raw_output[1:] - out.raw_output[:-1]).pow(2).mean()
+    if alpha:  # (in float32 whatever dtype the LSTMs computed in)
+        penalty = penalty + alpha * out.dropped_output.float().pow(2).mean()
+    raw = out.raw_output.float()
+    if beta and raw.size(0) > 1:
+        penalty = penalty + beta * (raw[1:] - raw[:-1]).pow(2).mean()
     return penalty
 
 

@@ -20,6 +20,7 @@ import torch
 
 import checkpoint
 from bptt import Objective, evaluate, train_step, windows
+from model import pack_lstm_weights
 from runlog import plural
 from trainer import make_optimizer
 
@@ -43,8 +44,9 @@ def measure(trainer, warmup=2, steps=20):
     process's figures are returned to all, so that all of them plan alike."""
     s, device, group = trainer.s, trainer.device, trainer.group
     rng_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
-    model = copy.deepcopy(trainer.model).train()
+    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    # (deepcopy leaves cuDNN's LSTM weights unpacked: pack them, to time what will run)
+    model = pack_lstm_weights(copy.deepcopy(trainer.model)).train()
     objective = group.wrap(Objective(model, s["alpha"], s["beta"]),
                            find_unused_parameters=model.adaptive)
     optimizer = make_optimizer(s, model.parameters())
@@ -87,7 +89,7 @@ def measure(trainer, warmup=2, steps=20):
     save_s = 1.5 * (time.perf_counter() - started)
     torch.set_rng_state(rng_state)
     if cuda_state is not None:
-        torch.cuda.set_rng_state_all(cuda_state)
+        torch.cuda.set_rng_state(cuda_state, device)
     return group.broadcast(dict(step_s=step_s, valid_s=valid_s, test_s=test_s, save_s=save_s))
 
 
@@ -123,13 +125,14 @@ def fixed_plan(epochs, steps_per_epoch, average_start, budget_s=None, train_dead
                 train_deadline_s=train_deadline_s)
 
 
-def describe(p, speed, started_at):
-    """The plan as the lines train.py prints."""
+def describe(p, speed, started_at, averages=True):
+    """The plan as the lines train.py prints (`averages`: whether the run's schedule
+    averages the weights)."""
     end = time.strftime("%H:%M:%S", time.localtime(started_at + p["budget_s"]))
+    averaging = f", averaging from step {p['average_from']:,}" if averages else ""
     return (f"budget {p['budget_s'] / 60:g} min: measured {speed['step_s'] * 1000:.1f} ms per "
             f"step, {speed['valid_s']:.1f} s per validation, {speed['save_s']:.2f} s of "
             f"checkpoint writes per epoch, {speed['test_s']:.1f} s for the test\n"
             f"plan: {plural(p['epochs'], 'epoch')} of {plural(p['batches_per_epoch'], 'step')} "
-            f"({p['total_steps']:,} steps), averaging from step {p['average_from']:,}; "
-            f"training stops by {p['train_deadline_s'] / 60:.1f} min at the latest; the "
-            f"run ends by {end}")
+            f"({p['total_steps']:,} steps){averaging}; training stops by "
+            f"{p['train_deadline_s'] / 60:.1f} min at the latest; the run ends by {end}")

@@ -174,6 +174,12 @@ def describe(path):
     return lines + provenance.describe(checkpoint.get("provenance", []))
 
 
+def precision(checkpoint):
+    """The --precision of the run that wrote `checkpoint` (torch's defaults for a checkpoint
+    from before the setting existed); the scripts that read it apply the same."""
+    return checkpoint["args"].get("precision", "torch")
+
+
 def load_model(path, device="cpu"):
     """(model in eval mode on `device`, its Vocabulary, the checkpoint dict)."""
     checkpoint = load(path, kind="model")

@@ -12,6 +12,8 @@ import zipfile
 
 import torch
 
+from model import LSTMLayer
+
 # Each preset is a full recipe; any flag overrides its entry.
 PRESETS = {
     # Merity et al. (2017), WikiText-2.
@@ -27,8 +29,19 @@ PRESETS = {
 # Settings both recipes share: validation at batch 10 and test at 1 as in the paper; the
 # optimizer; the one-cycle schedule's warm-up fraction and, for a planned run (a budget or
 # --schedule onecycle), the fraction of its steps after which the weights are averaged.
-COMMON = dict(eval_batch_size=10, test_batch_size=1, precision="fp32", optimizer="sgd",
-              warmup=0.3, average_start=0.75, budget_minutes=None, cutoffs=[])
+COMMON = dict(eval_batch_size=10, test_batch_size=1, precision="torch", optimizer="sgd",
+              warmup=0.3, average_start=0.75, budget_minutes=None, cutoffs=[],
+              recipe="paper")
+# Other recipes for the same model, each its changes to the model's preset (--recipe).
+RECIPES = {
+    # Gugger and Howard (2018), "AdamW and Super-convergence is now the fastest way to
+    # train neural nets" (fast.ai), code sgugger/Adam-experiments (train_rnn.py): Adam on a
+    # 1cycle schedule, 90 epochs for AWD-LSTM's 750; valid / test 68.7 / 65.5 reported.
+    # Dropouts in their order input, output, weight, embedding, hidden: 0.6/0.4/0.5/0.1/0.2.
+    "1cycle": dict(model="awd", optimizer="adam", schedule="1cycle", lr=5e-3, epochs=90,
+                   batch_size=100, bptt=70, clip=0.12, wdecay=1.2e-6, alpha=3.0, beta=1.5,
+                   dropouti=0.6, dropout=0.4, wdrop=0.5, dropoute=0.1, dropouth=0.2),
+}
 
 
 class SettingsError(ValueError):
@@ -141,39 +154,59 @@ def out_of_memory(error):
             or "can't allocate memory" in str(error) or "out of memory" in str(error))
 
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("torch", "fp32", "tf32", "bf16")
 
 
-def set_precision(precision, device):
-    """Apply --precision: fp32 is IEEE float32 everywhere; tf32 lets matmuls and cuDNN's LSTM
-    use TensorFloat-32 tensor cores (NVIDIA GPUs only); bf16 runs each training step's
-    forward and loss under torch.autocast (bptt.train_step) with IEEE float32 elsewhere.
-    PyTorch's own default lets cuDNN's RNNs use TF32 even in "fp32", so this always sets
-    both switches, for the whole process. Raises SettingsError where the device cannot."""
-    if precision == "tf32" and device.type != "cuda":
+def set_precision(precision, device, training=True):
+    """Apply --precision to this process, the same way in every script:
+        torch  PyTorch's own defaults: float32, matmuls in IEEE float32, cuDNN's LSTMs
+               allowed TensorFloat-32 (on GPUs that have it)
+        fp32   IEEE float32 everywhere
+        tf32   TensorFloat-32 in matmuls and cuDNN's LSTMs (NVIDIA GPUs only)
+        bf16   training steps under bfloat16 autocast (bptt.train_step; the LSTMs in
+               bfloat16 too, model.LSTMLayer), everything else as fp32
+    On the CPU all four compute float32 parts alike (IEEE). Evaluation and sampling
+    (`training` False) always run in float32 and take only the option's float32 math, so a
+    checkpoint trained with any option is read anywhere; training raises SettingsError
+    where the device cannot run the option."""
+    if training and precision == "tf32" and device.type != "cuda":
         raise SettingsError("--precision tf32 needs an NVIDIA GPU (TF32 is a tensor-core "
                             "format); on the CPU use --precision fp32")
-    if precision == "bf16":
+    if training and precision == "bf16":
         check_bf16(device)
-    mode = "tf32" if precision == "tf32" else "ieee"
+    matmul = "tf32" if precision == "tf32" else "ieee"
+    lstm = "tf32" if precision in ("tf32", "torch") else "ieee"
     if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.rnn.fp32_precision = mode
+        torch.backends.cuda.matmul.fp32_precision = matmul
+        torch.backends.cudnn.rnn.fp32_precision = lstm
     else:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = matmul == "tf32"
+        torch.backends.cudnn.allow_tf32 = lstm == "tf32"
+
+
+def float32_math():
+    """(matmuls, cuDNN's LSTMs): how this process computes float32 on CUDA, "ieee" or
+    "tf32" for each (set_precision sets both)."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        return (torch.backends.cuda.matmul.fp32_precision,
+                torch.backends.cudnn.rnn.fp32_precision)
+    return tuple("tf32" if on else "ieee" for on in (torch.backends.cuda.matmul.allow_tf32,
+                                                     torch.backends.cudnn.allow_tf32))
 
 
 def check_bf16(device):
-    """Run a tiny LSTM step under bf16 autocast, or say why this device cannot."""
+    """Run a tiny weight-dropped LSTM step under bf16 autocast, or say why this device
+    cannot."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SettingsError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not "
-                            "support bfloat16; use --precision fp32 (or tf32)")
-    lstm = torch.nn.LSTM(8, 8).to(device)
+                            "support bfloat16; use --precision torch (or fp32, tf32)")
+    layer = LSTMLayer(8, 8, weight_dropout=0.5).to(device)
+    hidden = (torch.zeros(1, 1, 8, device=device),) * 2
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            lstm(torch.zeros(2, 1, 8, device=device))[0].float().sum().backward()
+            output, _ = layer(torch.zeros(2, 1, 8, device=device), hidden)
+        output.float().sum().backward()
     except RuntimeError as e:
         reason = str(e).strip().split(". ")[0][:160]
         raise SettingsError(f"--precision bf16: PyTorch cannot run an LSTM in bfloat16 on this "
-                            f"{device.type} ({reason}); use --precision fp32 here (bf16 is "
-                            "meant for GPUs)") from None
+                            f"{device.type} ({reason}); use --precision torch here") from None

@@ -29,7 +29,8 @@ import checkpoint
 import provenance
 from bptt import evaluate, ppl, progress_bar, scored_targets, windows
 from checkpoint import CheckpointError
-from config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Parser, SettingsError, pick_device
+from config import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, Parser, SettingsError,
+                    pick_device, set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError, batchify, check_batch_size
 from model import build_model, detach_hidden, without_dropout
 
@@ -189,7 +190,12 @@ def parse_args(argv=None):
     p.add_argument("--split", choices=("valid", "test"), default="test")
     p.add_argument("--batch_size", type=COUNT, default=1, help="the paper evaluates test at 1")
     p.add_argument("--bptt", type=COUNT, default=70, help="tokens per forward pass")
+    p.add_argument("--max-tokens", dest="max_tokens", type=COUNT, default=None,
+                   help="score only the first N tokens of --split (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="float32 math as train.py --precision sets it (bf16: its float32 "
+                        "parts; evaluation is float32); default: the checkpoint's")
     p.add_argument("--info", action="store_true",
                    help="print how the checkpoint was trained (settings, command, commit, "
                         "versions, device, data) and exit")
@@ -286,12 +292,13 @@ def run(args):
         return
     device = pick_device(args.device)
     model, _, saved = checkpoint.load_model(args.checkpoint, device)
+    set_precision(args.precision or checkpoint.precision(saved), device, training=False)
     corpus = Corpus(args.data or saved["args"].get("data") or DEFAULT_DATA)
     checkpoint.check_vocabulary(args.checkpoint, saved["vocab"], corpus)
     differs = provenance.data_differs(saved.get("provenance", []), corpus, args.split)
     if differs:
         print(differs, file=sys.stderr)
-    data = getattr(corpus, args.split)
+    data = getattr(corpus, args.split)[:args.max_tokens]  # (None: all of it)
     needs = [(args.split, "--batch_size", args.batch_size)]
     if args.tune_cache or args.tune_dynamic:
         needs.append(("valid", "--batch_size", args.batch_size))
@@ -299,9 +306,15 @@ def run(args):
         needs.append(("train", "--dyn-stat-batch-size", args.dyn_stat_batch_size))
     for split, flag, batch in needs:
         check_batch_size(corpus, split, batch, flag)
+    if len(data) // args.batch_size < 2:
+        raise SettingsError(f"--max-tokens {args.max_tokens} leaves fewer than 2 tokens per "
+                            f"column at --batch_size {args.batch_size}; give at least "
+                            f"{2 * args.batch_size}")
     count = scored_targets(len(data), args.batch_size)
+    part = f"first {len(data):,} tokens of the " if args.max_tokens else ""
     print(f"{args.checkpoint}: {saved['config']['model']} model, best at epoch "
-          f"{saved['epoch']} | {args.split} split of {corpus.path} | batch {args.batch_size}")
+          f"{saved['epoch']} | {part}{args.split} split of {corpus.path} | batch "
+          f"{args.batch_size}")
 
     if args.dynamic or args.tune_dynamic:
         run_dynamic(args, model, corpus, data, count)

@@ -18,8 +18,8 @@ import torch
 
 import checkpoint
 from checkpoint import CheckpointError
-from config import (COUNT, SEED, Parser, SettingsError, check_output_file, checked,
-                    pick_device)
+from config import (COUNT, PRECISIONS, SEED, Parser, SettingsError, check_output_file,
+                    checked, pick_device, set_precision)
 from data import EOS, UNK, detokenize, tokenize
 
 
@@ -84,6 +84,9 @@ def parse_args(argv=None):
                    help="sample among the most likely words whose probability reaches p")
     p.add_argument("--seed", type=SEED, default=1111, help="same seed, same text")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="float32 math as train.py --precision sets it (sampling is float32); "
+                        "default: the checkpoint's")
     p.add_argument("--outf", help="write the text to this file instead of the terminal")
     p.add_argument("--raw", action="store_true", help="print WikiText tokens unchanged")
     p.add_argument("--allow-unk", dest="allow_unk", action="store_true",
@@ -110,7 +113,8 @@ def main(argv=None):
         if args.outf:
             check_output_file(args.outf, "--outf")
         device = pick_device(args.device)
-        model, vocab, _ = checkpoint.load_model(args.checkpoint, device)
+        model, vocab, saved = checkpoint.load_model(args.checkpoint, device)
+        set_precision(args.precision or checkpoint.precision(saved), device, training=False)
     except (CheckpointError, SettingsError) as e:
         sys.exit(f"error: {e}")
     prompt = tokenize(args.prompt)

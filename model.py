@@ -1,7 +1,7 @@
 """model.py: the two LSTM language models of this repository.
 
 - LSTMModel: the plain baseline of the PyTorch word-language-model example
-  (embedding -> dropout -> multi-layer nn.LSTM -> dropout -> linear decoder).
+  (embedding -> dropout -> nn.LSTM layers with dropout between -> dropout -> linear decoder).
 - AWDLSTM: Merity et al. (2017), "Regularizing and Optimizing LSTM Language Models":
   embedding dropout, locked (variational) dropout, weight-dropped LSTMs, tied decoder.
 
@@ -20,6 +20,9 @@ Both end in a full softmax (out.logits: (seq, batch, ntoken)) or, with `cutoffs`
 torch's adaptive softmax (Grave et al. 2017), which for a large vocabulary scores the
 frequent words in a small head and the rare ones in smaller clusters, never forming all
 ntoken logits in training (out.logits is then None).
+
+Under torch.autocast (train.py --precision bf16) the LSTMs compute in the autocast dtype
+(LSTMLayer), the decoder's matmul follows autocast's policy, and the loss is float32.
 """
 
 import inspect
@@ -28,7 +31,6 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
 
 
 class ModelOutput(NamedTuple):
@@ -74,26 +76,86 @@ def embedding_dropout(embedding, tokens, p, training):
     return embedded * F.embedding(tokens, mask)
 
 
-class WeightDropLSTM(nn.Module):
-    """A one-layer nn.LSTM whose hidden-to-hidden matrix gets DropConnect.
+def compute_dtype(x, weight):
+    """The dtype an LSTM computes in: autocast's when autocast is on for x's device, else
+    that of its weights (float32)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return weight.dtype
 
-    Each training forward draws a fresh elementwise mask on weight_hh_l0 (shared by all
-    time steps and batch items) and runs the LSTM with the masked matrix through
-    torch.func.functional_call. The module's own parameter is never replaced, so nothing
-    inside nn.LSTM is patched, and nn.LSTM itself hands the weights to cuDNN's fused
-    kernel. In evaluation the matrix is used unchanged.
+
+class LSTMLayer(nn.Module):
+    """One nn.LSTM layer, optionally with DropConnect on its hidden-to-hidden matrix
+    (AWD-LSTM's weight drop), that computes in the autocast dtype when autocast is on.
+
+    Evaluation in float32, and training without weight drop, run the nn.LSTM as it is (on a
+    GPU its weights stay in the one flat buffer cuDNN wants). Otherwise the layer hands
+    torch's LSTM op the weights itself: a fresh elementwise mask on weight_hh_l0 each
+    training forward (shared by all time steps and batch items, survivors scaled by
+    1/(1-p)) and, under autocast, every weight cast to the autocast dtype, with autocast
+    off. Two reasons: cuDNN's autocast wrapper runs RNNs in float16 whatever dtype autocast
+    asks for, and a weight swapped into an nn.LSTM (torch.func.functional_call) makes it
+    re-pack its flat buffer on every call. On a GPU the weights handed over are views of one
+    new buffer in the layout of the module's own (in_one_block), so cuDNN copies nothing.
+    The module's parameters are never replaced or patched.
     """
 
-    def __init__(self, input_size, hidden_size, weight_dropout):
+    def __init__(self, input_size, hidden_size, weight_dropout=0.0):
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden_size)
         self.weight_dropout = weight_dropout
 
     def forward(self, x, hidden):
-        if not self.training or self.weight_dropout == 0:
-            return self.lstm(x, hidden)
-        dropped = F.dropout(self.lstm.weight_hh_l0, self.weight_dropout, training=True)
-        return functional_call(self.lstm, {"weight_hh_l0": dropped}, (x, hidden), strict=False)
+        """x: (seq, batch, input_size); hidden: (h, c), each (1, batch, hidden_size), in any
+        floating dtype (a state saved in float32 resumes under bf16 and the other way)."""
+        lstm = self.lstm
+        weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+        dtype = compute_dtype(x, weights[0])
+        hidden = tuple(h.to(dtype) for h in hidden)
+        drop = self.training and self.weight_dropout > 0
+        if not drop and dtype == weights[0].dtype:
+            return lstm(x, hidden)
+        layout = flat_layout(weights)
+        if drop:
+            weights[1] = F.dropout(weights[1], self.weight_dropout, training=True)
+        weights = in_one_block([w.to(dtype) for w in weights], layout)
+        with torch.autocast(x.device.type, enabled=False):
+            output, h, c = torch.lstm(x.to(dtype), hidden, weights, True, 1, 0.0, self.training,
+                                      False, False)
+        return output, (h, c)
+
+
+def flat_layout(weights):
+    """(offsets, length): where the one buffer that holds `weights` holds each of them, as
+    nn.LSTM lays out its weights for cuDNN on a GPU; None when they are apart (the CPU).
+    The offsets count elements, so they serve bfloat16 copies too (were cuDNN to lay those
+    out otherwise, it would copy them into its layout, as without a layout)."""
+    storage = weights[0].untyped_storage()
+    if any(w.untyped_storage().data_ptr() != storage.data_ptr() for w in weights):
+        return None
+    offsets = [w.storage_offset() for w in weights]
+    if offsets != sorted(offsets):
+        return None
+    return offsets, storage.nbytes() // weights[0].element_size()
+
+
+def in_one_block(weights, layout):
+    """`weights` as views of one new buffer at the offsets of `layout` (gaps zero), or
+    unchanged when there is no layout. The copy is differentiable: gradients reach the
+    weights (and the weight-drop mask) through it."""
+    if layout is None:
+        return weights
+    offsets, length = layout
+    pieces, end = [], 0
+    for w, start in zip(weights, offsets):
+        if start > end:
+            pieces.append(w.new_zeros(start - end))
+        pieces.append(w.reshape(-1))
+        end = start + w.numel()
+    if length > end:
+        pieces.append(weights[0].new_zeros(length - end))
+    block = torch.cat(pieces)
+    return [block[start:start + w.numel()].view_as(w) for w, start in zip(weights, offsets)]
 
 
 # --- The output layer ----------------------------------------------------------------------
@@ -136,18 +198,20 @@ class WordScores:
         self.word_rank.copy_(torch.argsort(order))  # word id -> rank
 
     def loss(self, out, targets):
-        """Mean cross-entropy of (seq, batch) targets."""
+        """Mean cross-entropy of (seq, batch) targets, in float32."""
         if self.adaptive:
-            flat = out.dropped_output.flatten(0, 1)
-            return self.decoder(flat, self.word_rank[targets.flatten()]).loss
-        return F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+            flat = out.dropped_output.flatten(0, 1).float()
+            with autocast_off(flat):
+                return self.decoder(flat, self.word_rank[targets.flatten()]).loss
+        return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
 
     def target_log_probs(self, out, targets):
         """log p(target) at every position, (seq, batch), computed in float32."""
         if self.adaptive:
             flat = out.dropped_output.flatten(0, 1).float()
-            ranks = self.word_rank[targets.flatten()]
-            return self.decoder(flat, ranks).output.view(targets.shape)
+            with autocast_off(flat):
+                ranks = self.word_rank[targets.flatten()]
+                return self.decoder(flat, ranks).output.view(targets.shape)
         return torch.log_softmax(out.logits.float(), dim=-1).gather(
             2, targets.unsqueeze(2)).squeeze(2)
 
@@ -156,9 +220,18 @@ class WordScores:
         the logits of a full softmax, the log-probabilities of an adaptive one."""
         if self.adaptive:
             flat = out.dropped_output.flatten(0, 1).float()
-            by_rank = self.decoder.log_prob(flat)  # (seq * batch, ntoken), rank order
+            with autocast_off(flat):
+                by_rank = self.decoder.log_prob(flat)  # (seq * batch, ntoken), rank order
             return by_rank[:, self.word_rank].view(*out.dropped_output.shape[:2], -1)
         return out.logits
+
+
+def autocast_off(x):
+    """The adaptive softmax runs in float32 with autocast off: it writes log-probabilities
+    computed by its head and by its clusters into one tensor of its input's dtype, and
+    autocast policies differ on the dtype of each (CUDA's computes log_softmax in float32,
+    the CPU's in bfloat16), so under autocast it would mix dtypes."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 # --- Models ------------------------------------------------------------------------------
@@ -181,7 +254,7 @@ class AWDLSTM(WordScores, nn.Module):
         last = emsize if tied else nhid
         sizes = [emsize] + [nhid] * (nlayers - 1) + [last]
         self.rnns = nn.ModuleList(
-            WeightDropLSTM(sizes[i], sizes[i + 1], wdrop) for i in range(nlayers))
+            LSTMLayer(sizes[i], sizes[i + 1], wdrop) for i in range(nlayers))
         self.lockdrop = LockedDropout()
         self.decoder = output_layer(last, ntoken, cutoffs, tied)
         if self.adaptive:
@@ -215,7 +288,13 @@ class AWDLSTM(WordScores, nn.Module):
 
 
 class LSTMModel(WordScores, nn.Module):
-    """The baseline. Defaults are the PyTorch example's "medium" model (650 wide, tied)."""
+    """The baseline. Defaults are the PyTorch example's "medium" model (650 wide, tied).
+
+    Its layers are one nn.LSTM each (LSTMLayer), with the dropout between them drawn by
+    nn.Dropout: the same model as one multi-layer nn.LSTM(dropout=...), but its masks come
+    from torch's generator, whose state a checkpoint saves, where cuDNN draws the masks of a
+    multi-layer LSTM from a dropout state of its own, which no checkpoint holds (a resumed
+    run would draw other masks). Checkpoints of the multi-layer form load unchanged."""
 
     def __init__(self, ntoken, emsize=650, nhid=650, nlayers=2, dropout=0.5, tied=True,
                  cutoffs=()):
@@ -227,7 +306,8 @@ class LSTMModel(WordScores, nn.Module):
                            nlayers=nlayers, dropout=dropout, tied=tied, cutoffs=list(cutoffs))
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(ntoken, emsize)
-        self.rnn = nn.LSTM(emsize, nhid, nlayers, dropout=dropout if nlayers > 1 else 0.0)
+        self.rnns = nn.ModuleList(LSTMLayer(emsize if i == 0 else nhid, nhid)
+                                  for i in range(nlayers))
         self.decoder = output_layer(nhid, ntoken, cutoffs, tied)
         if self.adaptive:
             self.register_buffer("word_rank", torch.arange(ntoken))
@@ -238,19 +318,35 @@ class LSTMModel(WordScores, nn.Module):
             nn.init.zeros_(self.decoder.bias)
             if not tied:
                 nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        self.register_load_state_dict_pre_hook(rename_multilayer_weights)
 
     def init_hidden(self, batch_size):
         """An (h, c) pair, each (nlayers, batch, nhid), zeros."""
         weight = self.encoder.weight
-        shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
+        shape = (len(self.rnns), batch_size, self.rnns[0].lstm.hidden_size)
         return (weight.new_zeros(shape), weight.new_zeros(shape))
 
     def forward(self, tokens, hidden):
         x = self.drop(self.encoder(tokens))
-        output, hidden = self.rnn(x, hidden)
-        dropped = self.drop(output)
+        h, c = hidden
+        new_h, new_c = [], []
+        for layer, rnn in enumerate(self.rnns):
+            if layer > 0:
+                x = self.drop(x)  # between layers, where nn.LSTM(dropout=...) drops
+            x, (h_n, c_n) = rnn(x, (h[layer:layer + 1], c[layer:layer + 1]))
+            new_h.append(h_n)
+            new_c.append(c_n)
+        dropped = self.drop(x)
         logits = None if self.adaptive else self.decoder(dropped)
-        return ModelOutput(logits, hidden, output, dropped)
+        return ModelOutput(logits, (torch.cat(new_h), torch.cat(new_c)), x, dropped)
+
+
+def rename_multilayer_weights(module, state_dict, prefix, *args):
+    """Load weights saved from the baseline's earlier form, one multi-layer nn.LSTM
+    ("rnn.weight_ih_l1"), into its layers ("rnns.1.lstm.weight_ih_l0"): the same numbers."""
+    for key in [k for k in state_dict if k.startswith(prefix + "rnn.")]:
+        name, layer = key[len(prefix + "rnn."):].rsplit("_l", 1)
+        state_dict[f"{prefix}rnns.{layer}.lstm.{name}_l0"] = state_dict.pop(key)
 
 
 MODELS = {"awd": AWDLSTM, "lstm": LSTMModel}

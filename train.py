@@ -33,12 +33,12 @@ from bptt import evaluate, mean_seq_len, ppl
 from checkpoint import CheckpointError
 import budget
 from config import (COMMON, COUNT, DROPOUT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, PRESETS,
-                    SEED, Parser, SettingsError, checked, cutoff_list, describe_device,
+                    RECIPES, SEED, Parser, SettingsError, checked, cutoff_list, describe_device,
                     out_of_memory, set_precision)
 from data import DEFAULT_DATA, Corpus, CorpusError, check_batch_size
 from model import CLUSTER_SHRINK, architecture, count_parameters
 from runlog import RunLog, SaveLock, plural
-from trainer import OPTIMIZERS, StopRequest, Trainer, TrainingError
+from trainer import AVERAGING, OPTIMIZERS, StopRequest, Trainer, TrainingError
 
 # --- Flags ---------------------------------------------------------------------------------
 
@@ -56,8 +56,13 @@ def parse_args(argv=None):
         p.add_argument(f"--{name}", type=kind, default=None, help=f"{help} [{shown}]")
 
     p.add_argument("--model", choices=PRESETS, default=None,
-                   help="which model and recipe (default awd; with --resume or --finetune, "
-                        "the checkpoint's)")
+                   help="which model (default awd, or the --recipe's; with --resume or "
+                        "--finetune, the checkpoint's)")
+    p.add_argument("--recipe", choices=("paper",) + tuple(RECIPES), default=None,
+                   help="paper: the model's preset; 1cycle: Gugger and Howard's Adam on a "
+                        "1cycle schedule for AWD-LSTM, 90 epochs (lr 5e-3, batch 100, clip "
+                        "0.12, dropouts 0.4/0.2/0.6/0.1/0.5, AR/TAR 3/1.5); flags given "
+                        "override it [paper]")
     p.add_argument("--data", default=None,
                    help="corpus directory (default: data/wikitext-2 beside this script)")
     preset("emsize", COUNT, "embedding size")
@@ -75,7 +80,7 @@ def parse_args(argv=None):
                    help="an adaptive softmax instead of the full one, for large vocabularies: "
                         "the frequency ranks where its head and each cluster end, e.g. "
                         "20000,60000 (needs --no-tied) [full softmax]")
-    preset("lr", POSITIVE, "SGD learning rate")
+    preset("lr", POSITIVE, "learning rate (the peak of a onecycle or 1cycle schedule)")
     preset("clip", POSITIVE, "gradient clipping (total norm)")
     preset("epochs", COUNT, "epochs to train (the upper limit when fine-tuning)")
     preset("batch_size", COUNT, "training batch size")
@@ -87,13 +92,17 @@ def parse_args(argv=None):
     preset("alpha", NON_NEGATIVE, "activation regularisation (AR) weight")
     preset("beta", NON_NEGATIVE, "temporal activation regularisation (TAR) weight")
     preset("wdecay", NON_NEGATIVE, "weight decay")
-    p.add_argument("--schedule", choices=("ntasgd", "anneal", "onecycle"), default=None,
+    p.add_argument("--schedule", choices=("ntasgd", "anneal", "onecycle", "1cycle"),
+                   default=None,
                    help="ntasgd: switch to weight averaging when validation stalls; anneal: "
                         "divide lr by 4 when validation does not improve; onecycle: "
                         "torch's OneCycleLR over the planned steps, peaking at --lr, weights "
-                        "averaged from --average-start [awd: ntasgd, lstm: anneal]")
+                        "averaged from --average-start; 1cycle: Gugger and Howard's four "
+                        "phases over the planned steps, no averaging [awd: ntasgd, lstm: "
+                        "anneal]")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                   help="torch.optim.SGD or AdamW, with --lr and --wdecay [sgd]")
+                   help="torch.optim.SGD, Adam (L2 weight decay) or AdamW (decoupled), with "
+                        "--lr and --wdecay [sgd]")
     p.add_argument("--warmup", type=FRACTION, default=None,
                    help=f"onecycle: fraction of the steps spent raising the lr "
                         f"[{COMMON['warmup']}]")
@@ -112,9 +121,11 @@ def parse_args(argv=None):
                    help=f"test batch size [{COMMON['test_batch_size']}]")
     preset("seed", SEED, "random seed")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="fp32: IEEE float32; tf32: TensorFloat-32 matmuls and cuDNN LSTMs "
-                        "(NVIDIA GPUs); bf16: training steps under bfloat16 autocast, "
-                        "evaluation in float32 [fp32]")
+                   help="torch: PyTorch's defaults (float32; cuDNN's LSTMs may use "
+                        "TensorFloat-32); fp32: IEEE float32; tf32: TensorFloat-32 matmuls "
+                        "and cuDNN LSTMs (NVIDIA GPUs); bf16: training steps in bfloat16 "
+                        "(LSTMs and decoder; loss, weights and optimizer float32), evaluation "
+                        "in float32 [torch]")
     p.add_argument("--save", default=None,
                    help="best-model checkpoint path (default checkpoints/<model>.pt; "
                         "<model>-finetune.pt when fine-tuning)")
@@ -187,11 +198,16 @@ def resolve_settings(args):
         settings["save"] = args.save or f"{stem}-finetune{ext or '.pt'}"
         return settings, trained
 
-    model = given.get("model", "awd")
+    recipe = RECIPES.get(given.get("recipe"), {})
+    model = given.get("model", recipe.get("model", "awd"))
+    if recipe and recipe["model"] != model:
+        raise SettingsError(f"--recipe {given['recipe']} trains --model {recipe['model']}; "
+                            f"it does not apply to --model {model}")
     for name in [n for n in architecture("awd") if n not in architecture(model)]:
         if name in given:
             raise SettingsError(f"--{name} applies to --model awd only")
-    settings = {**PRESETS[model], **COMMON, **given, "model": model, "finetune": None}
+    settings = {**PRESETS[model], **COMMON, **recipe, **given, "model": model,
+                "finetune": None}
     if model == "lstm" and settings["tied"] and settings["emsize"] != settings["nhid"]:
         raise SettingsError(
             f"--model lstm ties the decoder to the embedding, which needs --emsize equal to "
@@ -249,8 +265,10 @@ def train(args, stack, group, device, argv):
     if args.resume:
         print(f"resuming {args.resume} after epoch {trainer.epoch}"
               + (" (mid-epoch)" if trainer.position else ""))
-    if settings["budget_minutes"] or settings["schedule"] == "onecycle":
+    if settings["budget_minutes"] or settings["schedule"] in ("onecycle", "1cycle"):
         plan_run(trainer, args, started)
+        if settings["schedule"] == "1cycle":
+            print(trainer.scheduler.describe(settings["lr"]))
     if args.save_every:
         print(f"saving the training state to {state_file} every "
               f"{args.save_every:g} minutes within an epoch too")
@@ -334,7 +352,7 @@ def set_up(args, stack, group, device, command):
 def check_corpus_fits(s, corpus, device, group):
     """What can be known before the first batch: every split is long enough for its batch
     size, the batch splits evenly over torchrun's processes, this process's largest window
-    fits in memory, and what variable BPTT makes of --bptt."""
+    fits in the device's free memory, and what variable BPTT makes of --bptt."""
     if s["batch_size"] % group.size:
         raise SettingsError(
             f"--batch_size {s['batch_size']} does not split evenly over {group.size} "
@@ -351,8 +369,10 @@ def check_corpus_fits(s, corpus, device, group):
     longest = s["bptt"] + (15 if s["variable_bptt"] else 0)  # 3 sd above the mean
     outputs = cutoffs[0] + len(cutoffs) if cutoffs else words  # the (adaptive) head's width
     batch = s["batch_size"] // group.size  # this process's columns
-    logits = 3 * 4 * longest * batch * outputs  # fp32 logits and their gradients
-    available = (torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else
+    # Per logit: float32 logits, their log-softmax and its gradient (12 bytes); under bf16,
+    # bfloat16 logits and their gradient, and a float32 copy for the loss (16 bytes).
+    logits = (16 if s["precision"] == "bf16" else 12) * longest * batch * outputs
+    available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else
                  os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if logits > available:
         raise SettingsError(
@@ -396,7 +416,7 @@ def plan_run(trainer, args, started):
                            s["average_start"])
         s["epochs"] = plan["epochs"]
         trainer.set_plan(plan)
-        print(budget.describe(plan, speed, started))
+        print(budget.describe(plan, speed, started, averages=s["schedule"] in AVERAGING))
         spent = 0.0
     else:
         trainer.set_plan(budget.fixed_plan(s["epochs"], trainer.steps_per_epoch(args.max_batches),

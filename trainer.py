@@ -24,7 +24,7 @@ from bptt import (Objective, evaluate, mean_seq_len, ppl, progress_bar, sample_s
                   train_step, windows)
 from data import batchify
 from distributed import SINGLE
-from model import build_model, detach_hidden, map_hidden, model_config, pack_lstm_weights
+from model import build_model, map_hidden, model_config, pack_lstm_weights
 from runlog import plural
 
 # Like the reference code, an epoch leaves out a last window of a single target.
@@ -67,13 +67,73 @@ class StopRequest:
                    "(Ctrl-C again aborts at once)")
 
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+AVERAGING = ("ntasgd", "onecycle")  # the schedules that average the weights
+
+# Adam's weight decay is an L2 term (added to the gradient), AdamW's a decoupled decay.
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+# Gugger and Howard's 1cycle for AWD-LSTM (sgugger/Adam-experiments, utils.get_phases):
+# the lr climbs linearly from peak / 10 to the peak, holds, falls back to peak / 10 and
+# anneals to 0 on a cosine, in phases of 7.5, 37.5, 37.5 and 7.5 of 90 epochs (here
+# fractions of the planned steps); Adam's beta1 moves against the lr, from 0.8 at peak / 10
+# to 0.7 at the peak; beta2 is 0.99.
+ONE_CYCLE = dict(phases=(7.5, 37.5, 37.5, 7.5), div=10.0, beta1=(0.8, 0.7), beta2=0.99)
 
 
 def make_optimizer(settings, parameters):
-    """torch.optim's SGD or AdamW at the run's lr and weight decay."""
-    return OPTIMIZERS[settings.get("optimizer", "sgd")](
-        parameters, lr=settings["lr"], weight_decay=settings["wdecay"])
+    """torch.optim's SGD, Adam or AdamW at the run's lr and weight decay (Adam's betas
+    those of the 1cycle schedule when it runs one)."""
+    kind = OPTIMIZERS[settings.get("optimizer", "sgd")]
+    extra = {}
+    if kind is not torch.optim.SGD and settings.get("schedule") == "1cycle":
+        extra["betas"] = (ONE_CYCLE["beta1"][0], ONE_CYCLE["beta2"])
+    return kind(parameters, lr=settings["lr"], weight_decay=settings["wdecay"], **extra)
+
+
+def one_cycle_ends(total_steps):
+    """The steps at which the four phases of a 1cycle over `total_steps` end."""
+    phases = ONE_CYCLE["phases"]
+    return [total_steps * sum(phases[:i + 1]) / sum(phases) for i in range(4)]
+
+
+def one_cycle_factor(step, total_steps):
+    """The 1cycle lr at `step` of `total_steps`, as a fraction of the peak."""
+    low, ends = 1 / ONE_CYCLE["div"], one_cycle_ends(total_steps)
+    if step < ends[0]:
+        return low + (1 - low) * step / ends[0]
+    if step < ends[1]:
+        return 1.0
+    if step < ends[2]:
+        return 1 - (1 - low) * (step - ends[1]) / (ends[2] - ends[1])
+    progress = min((step - ends[2]) / max(ends[3] - ends[2], 1), 1.0)
+    return low * (1 + math.cos(math.pi * progress)) / 2
+
+
+class OneCycle(torch.optim.lr_scheduler.LambdaLR):
+    """Gugger and Howard's 1cycle (ONE_CYCLE) over `total_steps`, as torch's LambdaLR; each
+    step also sets beta1 of an Adam-type optimizer against the lr."""
+
+    def __init__(self, optimizer, total_steps):
+        self.total_steps = total_steps
+        super().__init__(optimizer, lambda step: one_cycle_factor(step, total_steps))
+
+    def step(self, epoch=None):
+        super().step(epoch)
+        low, (beta1_low_lr, beta1_peak) = 1 / ONE_CYCLE["div"], ONE_CYCLE["beta1"]
+        factor = max(one_cycle_factor(self.last_epoch, self.total_steps), low)
+        beta1 = beta1_low_lr + (beta1_peak - beta1_low_lr) * (factor - low) / (1 - low)
+        for group in self.optimizer.param_groups:
+            if "betas" in group:
+                group["betas"] = (beta1, group["betas"][1])
+
+    def describe(self, peak):
+        """The schedule as train.py prints it."""
+        ends = [round(end) for end in one_cycle_ends(self.total_steps)]
+        (beta1_low_lr, beta1_peak), low = ONE_CYCLE["beta1"], peak / ONE_CYCLE["div"]
+        return (f"schedule 1cycle over {self.total_steps:,} steps: lr {low:g} -> {peak:g} by "
+                f"step {ends[0]:,} (beta1 {beta1_low_lr} -> {beta1_peak}), held to step "
+                f"{ends[1]:,}, -> {low:g} by step {ends[2]:,} (beta1 -> {beta1_low_lr}), "
+                f"cosine to 0 by step {ends[3]:,}")
 
 
 class RunningAverage(AveragedModel):
@@ -104,6 +164,15 @@ class RunningAverage(AveragedModel):
         result = super().load_state_dict(state_dict, strict)
         self.count = int(self.n_averaged)  # one read, when a run resumes
         return result
+
+
+def own_cuda_state(saved, device):
+    """This process's CUDA generator state from a state's list: one entry (the GPU the run
+    used), or, in states written before that, one per GPU of the saving host."""
+    if len(saved) == 1:
+        return saved[0]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return saved[min(index, len(saved) - 1)]
 
 
 class Trainer:
@@ -180,8 +249,10 @@ class Trainer:
     def state(self):
         """The training state (every process must call this together under torchrun: each
         one's random state goes into it)."""
+        # the generator of the one GPU this process uses (a host may have more)
         own = dict(torch=torch.get_rng_state(),
-                   cuda=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [])
+                   cuda=[torch.cuda.get_rng_state(self.device)]
+                   if self.device.type == "cuda" else [])
         rng = dict(own, numpy=self.rng.bit_generator.state)
         if self.group.size > 1:  # each process draws its own dropout masks
             rng["processes"] = self.group.gather(own)
@@ -225,7 +296,7 @@ class Trainer:
             own = saved[self.group.rank]
             torch.set_rng_state(own["torch"])
             if own["cuda"] and self.device.type == "cuda":
-                torch.cuda.set_rng_state_all(own["cuda"])
+                torch.cuda.set_rng_state(own_cuda_state(own["cuda"], self.device), self.device)
         else:
             print(f"note: the state was saved by {plural(len(saved), 'process')} and this "
                   f"run has {self.group.size}: training continues from the same weights and "
@@ -247,11 +318,14 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=self.s["lr"], total_steps=max(plan["total_steps"], 1),
                 pct_start=self.s["warmup"],
-                cycle_momentum=isinstance(self.optimizer, torch.optim.AdamW))
+                cycle_momentum=not isinstance(self.optimizer, torch.optim.SGD))
+        elif self.s["schedule"] == "1cycle":
+            self.scheduler = OneCycle(self.optimizer, max(plan["total_steps"], 1))
 
     def averaging_due(self):
-        """A planned run averages from its planned step (NT-ASGD may start it earlier)."""
-        return (self.plan is not None and self.s["schedule"] != "anneal"
+        """A planned run averages from its planned step (NT-ASGD may start it earlier);
+        anneal and 1cycle never average."""
+        return (self.plan is not None and self.s["schedule"] in AVERAGING
                 and self.steps >= self.plan["average_from"])
 
     def measure_start(self):
@@ -321,9 +395,11 @@ class Trainer:
         last_save = time.time()
 
         def position():  # where the epoch stands, for a saved state to continue from
+            # (the hidden state in float32 whatever the precision, which may change on resume)
             return dict(index=row, batches=batches, loss_sum=total, tokens=all_tokens,
                         seconds=time.time() - started,
-                        hidden=map_hidden(group.gather_columns, detach_hidden(hidden)))
+                        hidden=map_hidden(lambda h: group.gather_columns(h.detach().float()),
+                                          hidden))
 
         seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
         if self.plan is not None:

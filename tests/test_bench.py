@@ -36,11 +36,13 @@ def test_bench_prints_every_configuration_with_positive_figures(capsys):
     bench.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--repeats", "1",
                 "--configs", "abcdef"] + tiny)
     out = capsys.readouterr().out
-    for label in "abcdef":
-        row = re.search(rf"^\({label}\) .*?\s([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+) MiB$",
-                        out, re.M)
+    for label in "abcdef":  # params, ms/step, tokens/s, train ppl, LSTM dtype, re-packs, MiB
+        row = re.search(rf"^\({label}\) .*?\s([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)\s+"
+                        r"(\w+)\s+(\d+)\s+([\d,]+) MiB$", out, re.M)
         assert row, label
         assert float(row.group(2)) > 0 and int(row.group(3).replace(",", "")) > 0
+        assert float(row.group(4)) > 1 and row.group(5) == "float32"
+        assert row.group(6) == "0"  # no cuDNN on the CPU: no re-packs
     for ratio in ("a/b", "c/d", "e/f"):
         assert re.search(rf"^{ratio} .*\s\d+\.\d{{3}}$", out, re.M), ratio
     # (e) and (f) have WikiText-103's vocabulary: the full softmax's 267,735 x 16 decoder

@@ -121,3 +121,15 @@ def test_a_onecycle_run_stopped_mid_epoch_resumes_exactly(corpus, tmp_path, monk
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+
+
+def test_a_budget_stretches_the_1cycle_phases_over_the_planned_steps(corpus, tmp_path, capsys):
+    train.main(TINY + ["--data", corpus, "--recipe", "1cycle", "--budget-minutes", "0.1",
+                       "--batch_size", "4", "--save", str(tmp_path / "b.pt")])
+    out = capsys.readouterr().out
+    state = checkpoint.load(str(tmp_path / "b.state.pt"), kind="state")
+    total = state["plan"]["total_steps"]
+    assert state["plan"]["epochs"] < 90  # the recipe's 90 epochs did not fit: fewer, whole
+    assert f"schedule 1cycle over {total:,} steps" in out
+    assert state["scheduler"]["total_steps"] == total  # its phases span the planned steps
+    assert state["averaged"] is None and json.load(open(tmp_path / "b.json"))["test_ppl"]

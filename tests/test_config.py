@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from bptt import Objective, train_step
-from config import COUNT, DROPOUT, POSITIVE, PRESETS, SEED, Parser, SettingsError, set_precision
+from config import (COUNT, DROPOUT, POSITIVE, PRESETS, SEED, Parser, SettingsError,
+                    float32_math, set_precision)
 from model import build_model
 
 
@@ -67,12 +68,22 @@ def test_bf16_on_the_cpu_trains_or_says_why_not():
     assert torch.isfinite(loss) and next(model.parameters()).dtype == torch.float32
 
 
-def test_fp32_turns_tf32_off_where_pytorch_leaves_it_on():
-    set_precision("fp32", torch.device("cpu"))
-    if hasattr(torch.backends.cudnn, "rnn"):  # torch >= 2.9
-        assert torch.backends.cudnn.rnn.fp32_precision == "ieee"
-    else:
-        assert not torch.backends.cudnn.allow_tf32
+@pytest.mark.parametrize("precision, math", [
+    ("fp32", ("ieee", "ieee")),  # TF32 off where PyTorch leaves it on
+    ("torch", ("ieee", "tf32")),  # PyTorch's own defaults, restored
+    ("bf16", ("ieee", "ieee")),  # its float32 parts
+])
+def test_each_precision_sets_the_float32_math_of_matmuls_and_lstms(precision, math):
+    set_precision("tf32" if math[1] == "ieee" else "fp32", torch.device("cpu"), training=False)
+    set_precision(precision, torch.device("cpu"))
+    assert float32_math() == math
+    set_precision("torch", torch.device("cpu"))
+
+
+def test_evaluation_reads_a_tf32_or_bf16_checkpoint_anywhere():
+    set_precision("tf32", torch.device("cpu"), training=False)  # refused only for training
+    assert float32_math() == ("tf32", "tf32")
+    set_precision("torch", torch.device("cpu"))
 
 
 def test_every_flag_takes_dashes_or_underscores():

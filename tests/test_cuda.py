@@ -1,15 +1,24 @@
 """The CUDA path of training (skipped without a GPU; run with python -m pytest -m cuda):
-bf16 follows fp32, cuDNN keeps its packed weights through averaging, resume on CUDA."""
+bf16 follows fp32 and runs the LSTMs in bfloat16, no step re-packs cuDNN's weights, resume
+on CUDA, the random state of the run's own GPU (the baseline's exact resume on CUDA is in
+test_train.py)."""
 
+import itertools
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import budget
 import checkpoint
 import runlog
 import train
+from bench import CudnnRepacks
+from bptt import Objective, train_step, windows
+from config import PRESETS
+from data import DEFAULT_DATA, Corpus, batchify
+from model import build_model, model_config
 
 pytestmark = pytest.mark.cuda
 TINY = ["--model", "awd", "--emsize", "32", "--nhid", "64", "--batch_size", "8", "--bptt", "16",
@@ -63,3 +72,52 @@ def test_resume_on_cuda_matches_never_stopping(corpus, tmp_path):
     b = checkpoint.load(str(tmp_path / "split.state.pt"), kind="state")["model"]
     for name in a:  # cuDNN is not bitwise deterministic; the runs must agree closely
         assert torch.allclose(a[name], b[name], rtol=1e-3, atol=1e-4), name
+
+
+def full_size_awd_steps(steps, precision, s=PRESETS["awd"]):
+    """`steps` training steps of the paper's AWD-LSTM on WikiText-2 on the GPU: the losses,
+    the dtypes the last LSTM layer computed in, and the cuDNN re-packs counted in them."""
+    corpus = Corpus(DEFAULT_DATA)
+    torch.manual_seed(0)
+    config = model_config(dict(s, model="awd"), len(corpus.dictionary))
+    model = build_model(config).cuda().train()
+    objective = Objective(model, s["alpha"], s["beta"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"], weight_decay=s["wdecay"])
+    data = batchify(corpus.train, s["batch_size"]).cuda()
+    hidden, losses, dtypes = model.init_hidden(s["batch_size"]), [], set()
+    model.rnns[-1].register_forward_hook(lambda m, args, out: dtypes.add(out[0].dtype))
+    with CudnnRepacks() as repacks:
+        for _, inputs, targets in itertools.islice(windows(data, s["bptt"]), steps):
+            loss, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["lr"],
+                                      dict(s, precision=precision))
+            losses.append(loss)
+    return torch.stack(losses), dtypes, repacks.count
+
+
+def test_under_bf16_the_lstms_run_in_bfloat16_for_200_full_size_steps():
+    losses, dtypes, _ = full_size_awd_steps(200, "bf16")
+    assert dtypes == {torch.bfloat16}
+    assert torch.isfinite(losses).all() and losses[-20:].mean() < losses[:20].mean()
+
+
+@pytest.mark.parametrize("precision", ["torch", "bf16"])
+def test_no_training_step_repacks_the_lstm_weights(precision):
+    """Weight drop once swapped a dropped matrix into nn.LSTM, which re-packed cuDNN's flat
+    buffer at every call; now the weights reach cuDNN in its layout, with no copy."""
+    _, _, repacks = full_size_awd_steps(5, precision)
+    assert repacks == 0
+
+
+def test_the_budgets_speed_is_measured_on_packed_weights(corpus, tmp_path):
+    settings = {**PRESETS["lstm"], **train.COMMON, "emsize": 32, "nhid": 32, "batch_size": 8,
+                "bptt": 16, "model": "lstm", "finetune": None, "save": str(tmp_path / "m.pt")}
+    trainer = train.Trainer(settings, Corpus(corpus), torch.device("cuda"))
+    with CudnnRepacks() as repacks:
+        budget.measure(trainer)
+    assert repacks.count == 0
+
+
+def test_a_state_holds_the_random_state_of_its_own_gpu_only(corpus, tmp_path):
+    train.main(TINY + ["--data", corpus, "--epochs", "1", "--save", str(tmp_path / "m.pt")])
+    rng = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")["rng"]
+    assert len(rng["cuda"]) == 1

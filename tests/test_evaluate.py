@@ -11,6 +11,7 @@ import bptt
 import checkpoint
 import evaluate
 import train
+from config import float32_math, set_precision
 from data import Corpus, batchify
 from model import ModelOutput, WordScores, detach_hidden
 
@@ -230,3 +231,23 @@ def test_info_and_a_warning_when_the_data_differ_from_the_training_data(trained,
     evaluate.main(["--checkpoint", trained["path"], "--data", str(other)])
     err = capsys.readouterr().err
     assert "warning: the test split of " in err and "differs from the one this model was" in err
+
+
+def test_evaluation_applies_the_checkpoints_precision_or_the_flags(trained, capsys):
+    cpu = torch.device("cpu")
+    set_precision("fp32", cpu)  # what an earlier script in the process may have left
+    evaluate.main(["--checkpoint", trained["path"]])  # trained with the default, "torch"
+    assert float32_math() == ("ieee", "tf32")
+    evaluate.main(["--checkpoint", trained["path"], "--precision", "fp32"])
+    assert float32_math() == ("ieee", "ieee")
+    set_precision("torch", cpu)
+
+
+def test_max_tokens_scores_only_the_first_tokens_of_the_split(trained, capsys):
+    evaluate.main(["--checkpoint", trained["path"], "--max-tokens", "50", "--cache",
+                   "--window", "20"])
+    out = capsys.readouterr().out
+    assert "first 50 tokens of the test split" in out and "(49 target tokens)" in out
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--checkpoint", trained["path"], "--max-tokens", "3", "--batch_size", "2"])
+    assert "--max-tokens 3 leaves fewer than 2 tokens per column" in exit_.value.code

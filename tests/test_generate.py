@@ -10,6 +10,7 @@ import torch
 import checkpoint
 import generate
 import train
+from config import float32_math, set_precision
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,3 +147,13 @@ def test_outf_never_overwrites_a_checkpoint(trained, tmp_path):
         generate.main(["--checkpoint", trained, "--outf", str(copy)])
     assert "is a checkpoint" in exit_.value.code
     assert copy.read_bytes() == open(trained, "rb").read()
+
+
+def test_sampling_applies_the_checkpoints_precision_or_the_flags(trained, capsys):
+    cpu = torch.device("cpu")
+    set_precision("fp32", cpu)  # what an earlier script in the process may have left
+    generate.main(["--checkpoint", trained, "--words", "3"])  # trained with "torch"
+    assert float32_math() == ("ieee", "tf32")
+    generate.main(["--checkpoint", trained, "--words", "3", "--precision", "fp32"])
+    assert float32_math() == ("ieee", "ieee")
+    set_precision("torch", cpu)

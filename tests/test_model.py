@@ -1,13 +1,15 @@
-"""Tests of model.py: each regulariser's defining property, tying, shapes, parameter counts."""
+"""Tests of model.py: each regulariser's defining property, tying, shapes, parameter counts,
+what each part computes in under autocast."""
 
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bptt import evaluate, ppl
-from model import (AWDLSTM, LockedDropout, LSTMModel, WeightDropLSTM, build_model,
-                   count_parameters, detach_hidden, embedding_dropout)
+from model import (AWDLSTM, LockedDropout, LSTMLayer, LSTMModel, build_model, count_parameters,
+                   detach_hidden, embedding_dropout, flat_layout, in_one_block)
 
 
 def leaves(hidden):
@@ -97,7 +99,7 @@ def weight_hh_grad_zeros(layer, x, hidden):
 
 def test_weight_drop_draws_a_fresh_mask_each_training_forward():
     torch.manual_seed(0)
-    layer = WeightDropLSTM(5, 16, weight_dropout=0.5).train()
+    layer = LSTMLayer(5, 16, weight_dropout=0.5).train()
     x, hidden = torch.randn(6, 3, 5), (torch.randn(1, 3, 16), torch.randn(1, 3, 16))
     first = weight_hh_grad_zeros(layer, x, hidden)
     second = weight_hh_grad_zeros(layer, x, hidden)
@@ -109,7 +111,7 @@ def test_weight_drop_draws_a_fresh_mask_each_training_forward():
 
 def test_weight_drop_is_the_identity_in_evaluation_and_patches_nothing():
     torch.manual_seed(0)
-    layer = WeightDropLSTM(5, 16, weight_dropout=0.5)
+    layer = LSTMLayer(5, 16, weight_dropout=0.5)
     parameter = layer.lstm.weight_hh_l0
     x, hidden = torch.randn(6, 3, 5), (torch.zeros(1, 3, 16), torch.zeros(1, 3, 16))
     with warnings.catch_warnings(record=True) as caught:
@@ -222,3 +224,143 @@ def test_with_every_word_in_its_head_the_adaptive_softmax_is_a_full_softmax(kind
     assert ppl(evaluate(adaptive, text, 4, 10)) == pytest.approx(ppl(evaluate(full, text, 4, 10)),
                                                                  rel=1e-5)
     assert ppl(evaluate(full, text, 4, 10)) > 20  # untrained: a real comparison, not ~1
+
+
+# --- Precision: what each part computes in under autocast ----------------------------------
+
+class CudaAutocastPolicy(torch.overrides.TorchFunctionMode):
+    """On the CPU, the dtypes CUDA's autocast gives where the CPU's differs: log_softmax in
+    float32 (CPU autocast keeps it in bfloat16). Active only while autocast is on."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.is_autocast_enabled("cpu") and func in (torch.log_softmax, F.log_softmax,
+                                                          torch.Tensor.log_softmax):
+            args = (args[0].float(),) + tuple(args[1:])
+            return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def test_the_adaptive_softmax_computes_in_float32_under_cudas_autocast_policy():
+    torch.manual_seed(0)
+    head = torch.nn.AdaptiveLogSoftmaxWithLoss(16, 60, [10, 30], div_value=4.0)
+    # what the LSTMs give it under autocast
+    features, targets = torch.randn(12, 16).bfloat16(), torch.randint(0, 60, (12,))
+    # The bare module fails under this policy, as it does on CUDA: its output tensor has
+    # its input's dtype, the log-probabilities it writes into it are float32.
+    with CudaAutocastPolicy(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError):
+            head(features, targets)
+    model = build_model(dict(model="awd", ntoken=60, emsize=8, nhid=16, nlayers=2, tied=False,
+                             cutoffs=[10, 30]))
+    tokens, targets = torch.randint(0, 60, (5, 3)), torch.randint(0, 60, (5, 3))
+    with CudaAutocastPolicy(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tokens, model.init_hidden(3))
+        loss = model.loss(out, targets)
+        logp = model.target_log_probs(out, targets)
+        scores = model.scores(out)
+    assert loss.dtype == logp.dtype == scores.dtype == torch.float32
+    assert out.dropped_output.dtype == torch.bfloat16  # the LSTMs ran in bfloat16
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    by_hand = model.decoder.log_prob(out.dropped_output.detach().flatten(0, 1).float())
+    ranks = model.word_rank[targets.flatten()]
+    assert torch.allclose(logp.flatten(), by_hand.gather(1, ranks.unsqueeze(1)).squeeze(1),
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["awd", "lstm"])
+def test_under_bf16_autocast_the_lstms_compute_in_bfloat16_and_the_loss_in_float32(kind):
+    torch.manual_seed(0)
+    model = build_model(dict(model=kind, ntoken=30, emsize=8, nhid=8, nlayers=2)).train()
+    seen = []
+    for layer in model.rnns:
+        layer.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype,
+                                                                      out[0].dtype)))
+    tokens = torch.randint(0, 30, (6, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tokens, model.init_hidden(2))
+        loss = model.loss(out, tokens)
+    assert [o for _, o in seen] == [torch.bfloat16] * 2
+    assert seen[0][0] == torch.float32  # the embedding's output, cast by the layer
+    assert loss.dtype == torch.float32
+    assert all(t.dtype == torch.bfloat16 for t in leaves(out.hidden))
+    loss.backward()
+    assert all(p.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in model.parameters())
+    # Out of autocast the same model computes in float32, from a bfloat16 state too.
+    out = model(tokens, out.hidden)
+    assert out.raw_output.dtype == torch.float32
+
+
+def test_weight_drop_never_swaps_or_reflattens_the_lstms_weights(monkeypatch):
+    """functional_call swapped a dropped matrix into nn.LSTM, which then re-packed its flat
+    cuDNN buffer on every call (a no-op on the CPU, three copies per step on CUDA)."""
+    torch.manual_seed(0)
+    model = AWDLSTM(30, emsize=8, nhid=12, nlayers=3, wdrop=0.5).train()
+    calls = []
+    for layer in model.rnns:
+        monkeypatch.setattr(layer.lstm, "flatten_parameters", lambda: calls.append(1))
+    parameters = [p for p in model.parameters()]
+    hidden = model.init_hidden(2)
+    for _ in range(3):
+        out = model(torch.randint(0, 30, (5, 2)), hidden)
+        model.loss(out, torch.randint(0, 30, (5, 2))).backward()
+        hidden = detach_hidden(out.hidden)
+    model.eval()(torch.randint(0, 30, (5, 2)), hidden)
+    assert calls == []
+    assert [p for p in model.parameters()] == parameters  # the same tensors, never replaced
+    assert model.rnns[0].lstm.weight_hh_l0.grad is not None
+
+
+def test_weights_in_one_block_sit_at_the_layouts_offsets_and_pass_gradients():
+    weights = [torch.randn(8, 3, requires_grad=True), torch.randn(8, 2, requires_grad=True),
+               torch.randn(8, requires_grad=True)]
+    offsets, length = [0, 26, 42], 52  # gaps after the first and the last
+    views = in_one_block(weights, (offsets, length))
+    block = views[0]._base if views[0]._base is not None else views[0]
+    assert block.numel() == length
+    for view, weight, offset in zip(views, weights, offsets):
+        assert view.storage_offset() == offset and torch.equal(view, weight)
+    assert block[24:26].eq(0).all() and block[50:].eq(0).all()
+    sum(v.sum() for v in views).backward()
+    assert all(torch.equal(w.grad, torch.ones_like(w)) for w in weights)
+    assert in_one_block(weights, None) is weights  # no layout: unchanged
+
+
+def test_the_flat_layout_is_read_off_weights_that_share_one_buffer():
+    buffer = torch.zeros(52)
+    shared = [buffer[0:24].view(8, 3), buffer[26:42].view(8, 2), buffer[42:50]]
+    assert flat_layout(shared) == ([0, 26, 42], 52)
+    apart = [torch.zeros(8, 3), torch.zeros(8, 2), torch.zeros(8)]  # as on the CPU
+    assert flat_layout(apart) is None
+    assert flat_layout(list(LSTMLayer(3, 4).lstm.parameters())) is None
+
+
+def test_the_baseline_loads_and_computes_like_its_multilayer_lstm_form():
+    """Earlier checkpoints hold one 2-layer nn.LSTM ("rnn.weight_ih_l1"); the layers of
+    the baseline now are one nn.LSTM each."""
+    torch.manual_seed(0)
+    old = torch.nn.LSTM(8, 8, 2)
+    model = LSTMModel(30, emsize=8, nhid=8, nlayers=2).eval()
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("rnns.")}
+    weights.update({f"rnn.{k}": v for k, v in old.state_dict().items()})
+    model.load_state_dict(weights)
+    tokens = torch.randint(0, 30, (7, 3))
+    hidden = (torch.randn(2, 3, 8), torch.randn(2, 3, 8))
+    out = model(tokens, hidden)
+    expected, (h, c) = old(model.encoder(tokens), hidden)
+    assert torch.allclose(out.raw_output, expected, atol=1e-6)
+    assert torch.allclose(out.hidden[0], h, atol=1e-6) and torch.allclose(out.hidden[1], c,
+                                                                          atol=1e-6)
+
+
+def test_the_baselines_dropout_between_layers_is_drawn_from_torchs_generator():
+    model = LSTMModel(30, emsize=8, nhid=8, nlayers=3, dropout=0.5).train()
+    tokens = torch.randint(0, 30, (7, 3))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append(model(tokens, model.init_hidden(3)).raw_output)
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], model(tokens, model.init_hidden(3)).raw_output)

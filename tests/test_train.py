@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -507,3 +508,89 @@ def test_an_adaptive_softmax_model_trains_evaluates_and_samples(repeating, tmp_p
     generate.main(["--checkpoint", str(save), "--words", "12", "--raw", "--prompt", "a b c",
                    "--temperature", "0"])
     assert capsys.readouterr().out.startswith("a b c d e f g h i j")
+
+
+# --- Precision and recipes ------------------------------------------------------------------
+
+def test_a_bf16_state_stopped_mid_epoch_resumes_under_fp32(random_text, tmp_path,
+                                                          monkeypatch):
+    original, calls = train.Trainer.train_epoch, []
+
+    def stop_in_epoch_two(self, stop, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            stop.requested = True  # as Ctrl-C: one more batch, then the state is saved
+        return original(self, stop, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_two)
+    run(TINY_AWD + ["--data", random_text, "--precision", "bf16", "--epochs", "3",
+                    "--max-batches", "6", "--save", tmp_path / "m.pt"])
+    monkeypatch.undo()
+    state = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")
+    assert state["epoch"] == 1 and state["position"] is not None
+    hidden = [t for layer in state["position"]["hidden"] for t in layer]
+    assert {t.dtype for t in hidden} == {torch.float32}  # saved in float32 from bf16 steps
+    run(["--resume", tmp_path / "m.state.pt", "--precision", "fp32"])
+    resumed = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")
+    assert resumed["epoch"] == 3 and resumed["args"]["precision"] == "fp32"
+
+
+def test_the_1cycle_recipe_trains_adam_on_its_four_phases_and_prints_them(random_text,
+                                                                         tmp_path, capsys):
+    tiny = ["--data", random_text, "--emsize", "16", "--nhid", "24", "--batch_size", "4",
+            "--bptt", "12", "--no-variable-bptt", "--epochs", "3", "--max-batches", "10"]
+    run(["--recipe", "1cycle"] + tiny + ["--save", tmp_path / "c.pt"])
+    out = capsys.readouterr().out
+    assert "schedule 1cycle over 30 steps: lr 0.0005 -> 0.005 by step 2" in out
+    assert "cosine to 0 by step 30" in out
+    state = checkpoint.load(str(tmp_path / "c.state.pt"), kind="state")
+    s = state["args"]
+    assert (s["recipe"], s["model"], s["optimizer"], s["schedule"]) == (
+        "1cycle", "awd", "adam", "1cycle")
+    assert (s["lr"], s["clip"], s["alpha"], s["beta"], s["batch_size"]) == (5e-3, 0.12, 3.0,
+                                                                         1.5, 4)  # flag kept
+    assert (s["dropouti"], s["dropout"], s["wdrop"], s["dropoute"], s["dropouth"]) == (
+        0.6, 0.4, 0.5, 0.1, 0.2)
+    assert state["averaged"] is None  # 1cycle does not average
+    assert state["scheduler"]["last_epoch"] == 29  # the schedule of steps 0-29, all used
+    group = state["optimizer"]["param_groups"][0]
+    assert group["betas"] == (0.8, 0.99) and group["weight_decay"] == 1.2e-6
+    assert "--recipe 1cycle trains --model awd" in bad_run(["--recipe", "1cycle", "--model",
+                                                            "lstm"] + tiny)
+
+
+def test_the_memory_estimate_counts_the_bytes_of_each_precision(random_text, tmp_path):
+    args = TINY_AWD + ["--data", random_text, "--bptt", "10000000000", "--save", tmp_path / "m.pt"]
+    gib = [float(re.search(r"about ([\d,.]+) GiB", bad_run(args + ["--precision", p]))
+                 .group(1).replace(",", "")) for p in ("torch", "bf16")]
+    assert gib[1] / gib[0] == pytest.approx(16 / 12, rel=1e-3)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_the_baseline_resumes_mid_epoch_with_the_same_dropout(random_text, tmp_path,
+                                                              monkeypatch, device):
+    """On CUDA its dropout between layers was cuDNN's, from a state no checkpoint held."""
+    common = ["--model", "lstm", "--emsize", "32", "--nhid", "32", "--nlayers", "3",
+              "--batch_size", "8", "--bptt", "16", "--device", device, "--data", random_text,
+              "--epochs", "2"]
+    run(common + ["--save", tmp_path / "straight.pt"])
+    original, calls = train.Trainer.train_epoch, []
+
+    def stop_in_epoch_two(self, stop, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            stop.requested = True  # one more batch, then the state is saved mid-epoch
+        return original(self, stop, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_two)
+    run(common + ["--save", tmp_path / "split.pt"])
+    monkeypatch.undo()
+    assert checkpoint.load(str(tmp_path / "split.state.pt"), kind="state")["position"]
+    run(["--resume", tmp_path / "split.state.pt"])
+    straight, split = (final_state(tmp_path / f"{name}.state.pt")[0]
+                       for name in ("straight", "split"))
+    if device == "cpu":
+        assert_same_weights(straight, split)
+    else:  # (cuDNN need not sum in the same order twice; other masks differ by far more)
+        for name in straight:
+            assert torch.allclose(straight[name], split[name], rtol=0, atol=1e-5), name

@@ -1,4 +1,5 @@
-"""Tests of trainer.py: NT-ASGD's trigger and average, one epoch of training."""
+"""Tests of trainer.py: NT-ASGD's trigger and average, one epoch of training, the 1cycle
+schedule, the saved random state."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ import torch
 
 from config import COMMON, PRESETS
 from data import Corpus
-from trainer import StopRequest, Trainer, should_start_averaging
+from trainer import (ONE_CYCLE, OneCycle, StopRequest, Trainer, make_optimizer,
+                     one_cycle_factor, own_cuda_state, should_start_averaging)
 
 
 @pytest.fixture
@@ -47,3 +49,48 @@ def test_averaged_weights_are_the_mean_of_the_iterates(random_text):
         mean = torch.stack([step[i] for step in iterates]).mean(0)
         assert torch.allclose(averaged, mean, atol=1e-6)
     assert not torch.allclose(next(trainer.averaged.module.parameters()), iterates[-1][0])
+
+
+def test_the_1cycle_lr_follows_gugger_and_howards_four_phases():
+    total = 900  # 90 "epochs" of 10 steps: phases end at steps 75, 450, 825 and 900
+    factor = [one_cycle_factor(step, total) for step in range(total + 1)]
+    assert factor[0] == pytest.approx(0.1) and factor[75] == 1.0
+    assert factor[37] == pytest.approx(0.1 + 0.9 * 37 / 75)  # linear up
+    assert set(factor[75:450]) == {1.0}  # held at the peak
+    assert factor[450 + 375 // 2] == pytest.approx(1 - 0.9 * (375 // 2) / 375)  # linear down
+    assert factor[825] == pytest.approx(0.1) and factor[900] == pytest.approx(0.0, abs=1e-12)
+    assert factor[825 + 75 // 2] < 0.1 / 2 + 0.01  # a cosine to zero
+    assert all(a >= b for a, b in zip(factor[450:], factor[451:]))
+
+
+def test_the_1cycle_schedule_is_torchs_lambdalr_with_beta1_against_the_lr():
+    settings = dict(optimizer="adam", schedule="1cycle", lr=5e-3, wdecay=1.2e-6)
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = make_optimizer(settings, [weight])
+    scheduler = OneCycle(optimizer, total_steps=90)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+    seen = []
+    for _ in range(90):
+        group = optimizer.param_groups[0]
+        seen.append((group["lr"], group["betas"]))
+        optimizer.step()
+        scheduler.step()
+    lrs = [lr for lr, _ in seen]
+    assert lrs[0] == pytest.approx(5e-4) and max(lrs) == pytest.approx(5e-3)
+    (beta1_low, beta1_peak), beta2 = ONE_CYCLE["beta1"], ONE_CYCLE["beta2"]
+    for lr, (beta1, second) in seen:
+        assert second == beta2
+        if lr >= 5e-4:  # beta1 moves linearly against the lr, 0.8 at peak / 10, 0.7 at the peak
+            assert beta1 == pytest.approx(beta1_low + (beta1_peak - beta1_low)
+                                          * (lr - 5e-4) / (5e-3 - 5e-4))
+        else:  # the cosine's end, below peak / 10
+            assert beta1 == pytest.approx(beta1_low)
+    assert isinstance(make_optimizer(dict(settings, optimizer="sgd"), [weight]),
+                      torch.optim.SGD)
+
+
+def test_a_state_resumes_with_the_generator_of_the_gpu_the_run_used():
+    mine, other = torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)
+    assert own_cuda_state([mine], torch.device("cuda", 3)) is mine  # one saved: the run's own
+    # states written before saved every GPU of the host: this process's index
+    assert own_cuda_state([other, mine], torch.device("cuda", 1)) is mine
