@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 from config import COMMON, PRESETS
 from data import Corpus
 from trainer import (ONE_CYCLE, OneCycle, StopRequest, Trainer, make_optimizer,
@@ -94,3 +95,70 @@ def test_a_state_resumes_with_the_generator_of_the_gpu_the_run_used():
     assert own_cuda_state([mine], torch.device("cuda", 3)) is mine  # one saved: the run's own
     # states written before saved every GPU of the host: this process's index
     assert own_cuda_state([other, mine], torch.device("cuda", 1)) is mine
+
+
+# --- One epoch, and what its end decides ------------------------------------------------
+
+def tiny_trainer(corpus_path, tmp_path, **changes):
+    settings = {**PRESETS["awd"], **COMMON, "emsize": 8, "nhid": 12, "batch_size": 4,
+                "bptt": 10, "model": "awd", "finetune": None, "save": str(tmp_path / "m.pt"),
+                **changes}
+    return Trainer(settings, Corpus(corpus_path), torch.device("cpu"))
+
+
+def test_an_epoch_trains_on_every_window_once_and_returns_its_mean_loss(random_text,
+                                                                        tmp_path):
+    trainer = tiny_trainer(random_text, tmp_path, variable_bptt=False)
+    seen = []
+    trainer.optimizer.register_step_post_hook(lambda *args: seen.append(1))
+    with StopRequest() as stop:
+        mean_loss = trainer.train_epoch(stop, max_batches=None, log_interval=3)
+    data = trainer.train_data
+    lengths = [10] * ((data.size(0) - 1) // 10)
+    if (data.size(0) - 1) % 10 >= 2:  # a last window of a single target is left out
+        lengths.append((data.size(0) - 1) % 10)
+    assert len(seen) == trainer.steps == len(lengths)
+    assert trainer.position["tokens"] == sum(lengths) * data.size(1)
+    assert mean_loss == pytest.approx(trainer.position["loss_sum"] / trainer.position["tokens"])
+    assert 2.5 < mean_loss < 4.5  # near ln 30 for random words, and finite
+
+
+def test_a_stop_ends_the_epoch_after_the_current_batch_where_a_resume_continues(random_text,
+                                                                                tmp_path):
+    trainer = tiny_trainer(random_text, tmp_path, variable_bptt=False)
+    with StopRequest() as stop:
+        stop.requested = True
+        assert trainer.train_epoch(stop, max_batches=None, log_interval=50) is None
+    position = trainer.position
+    assert (position["batches"], position["index"], trainer.steps) == (1, 10, 1)
+    assert position["hidden"][0][0].shape == (1, 4, 12)
+
+
+@pytest.mark.parametrize("schedule, finetune, losses, events, lrs", [
+    # NT-ASGD (nonmono 2): the switch when a loss is worse than all but the last 2 epochs'
+    ("ntasgd", None, [5.0, 4.0, 4.5, 4.6, 5.1], ["saved", "saved", "", "",
+                                                  "switch to ASGD"], [30] * 5),
+    # anneal: the lr / 4 whenever validation does not improve
+    ("anneal", None, [5.0, 5.2, 4.0, 4.1], ["saved", "lr / 4", "saved", "lr / 4"],
+     [30, 30, 7.5, 7.5]),
+    # fine-tuning: done at the first trigger; saved only below the starting loss
+    ("ntasgd", "start.pt", [3.0, 2.0, 2.5, 3.5], ["saved", "saved", "", "fine-tuning done"],
+     [30] * 4),
+])
+def test_the_end_of_an_epoch_saves_switches_anneals_and_stops_as_its_schedule_says(
+        random_text, tmp_path, monkeypatch, schedule, finetune, losses, events, lrs):
+    import trainer as trainer_module
+    trainer = tiny_trainer(random_text, tmp_path, schedule=schedule, nonmono=2, lr=30.0,
+                           finetune=finetune)
+    scripted = iter(losses)
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *args, **kwargs: next(scripted))
+    with StopRequest() as stop:
+        rows = []
+        for _ in losses:
+            rows.append(trainer.end_epoch(trainer.train_epoch(stop, max_batches=2,
+                                                               log_interval=50)))
+    assert [r["event"] for r in rows] == events
+    assert [r["lr"] for r in rows] == lrs
+    assert trainer.best_valid_loss == min(losses)
+    assert trainer.done == (finetune is not None)
+    assert checkpoint.load(str(tmp_path / "m.pt"))["valid_loss"] == min(losses)
