@@ -1,6 +1,6 @@
 """bench.py: time full training steps of the models and print the figures.
 
-A step is what train.py does per batch (bptt.train_step): forward, cross-entropy plus
+A step is what train.py does per batch (trainer.train_step): forward, cross-entropy plus
 AR/TAR, backward, gradient clipping, SGD step. After --warmup untimed steps, --steps
 steps are timed (with CUDA synchronisation at both ends) at a fixed BPTT length. Printed
 for each configuration: ms/step, tokens/s and peak memory:
@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import distributed
-from bptt import Objective, ppl, train_step, windows
-from config import (COUNT, PRECISIONS, PRESETS, Parser, SettingsError, checked, cutoff_list,
-                    describe_device, out_of_memory, set_precision)
-from data import DEFAULT_DATA, Corpus, CorpusError, batchify
+import devices
+from data import Corpus, CorpusError, batchify, windows
+from devices import PRECISIONS, describe_device, out_of_memory, set_precision
 from model import CLUSTER_SHRINK, build_model, count_parameters, model_config
+from settings import DEFAULT_DATA, COUNT, Parser, SettingsError, checked, cutoff_list, defaults
+from trainer import Objective, train_step
+from util import ppl
 
 # Shapes (emsize, nhid, nlayers, batch_size, bptt) when no flag says otherwise.
 FULL = dict(awd=(400, 1150, 3, 80, 70), lstm=(650, 650, 2, 20, 35))
@@ -51,7 +52,7 @@ WT103_WORDS = 267_735  # WikiText-103's vocabulary
 CONFIGS = "abcdef"
 
 
-def example_style_step(objective, optimizer, inputs, targets, hidden, lr, s):
+def example_style_step(objective, optimizer, inputs, targets, hidden, lr, clip, precision):
     """The PyTorch example's update: separate log-softmax and NLL loss, then p -= lr * grad
     parameter by parameter (no optimizer object, no AR/TAR, no weight decay)."""
     model = objective.model
@@ -60,7 +61,7 @@ def example_style_step(objective, optimizer, inputs, targets, hidden, lr, s):
     log_probs = torch.log_softmax(out.logits, dim=-1).view(-1, out.logits.size(-1))
     loss = torch.nn.functional.nll_loss(log_probs, targets.reshape(-1))
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), s["clip"])
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     for p in model.parameters():
         p.data.add_(p.grad, alpha=-lr)
     return loss.detach(), out.hidden
@@ -94,14 +95,14 @@ class CudnnRepacks(TorchDispatchMode):
 
 
 def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
-               group=distributed.SINGLE):
+               group=devices.SINGLE):
     """One configuration (`run`, an entry of RUNS, with the adaptive softmax's "cutoffs")
     at `shape`, stepping through `tokens` (1-D ids below `ntoken`): a dict of the mean
     seconds per training step, this process's peak memory (bytes), the parameter count,
     the mean training loss of the timed steps, the dtype the last LSTM layer computed in,
     and the cuDNN weight re-packs of one more step (CudnnRepacks), untimed."""
     emsize, nhid, nlayers, batch_size, bptt = shape
-    s = dict(PRESETS[run["kind"]], emsize=emsize, nhid=nhid, nlayers=nlayers,
+    s = dict(defaults(run["kind"]), emsize=emsize, nhid=nhid, nlayers=nlayers,
              batch_size=batch_size, bptt=bptt, precision=precision)
     if run.get("large_vocabulary"):  # an adaptive softmax cannot be tied; nor is (f), to match
         s.update(tied=False, cutoffs=run["cutoffs"] if run["adaptive"] else [])
@@ -127,7 +128,8 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
         nonlocal hidden
         losses = []
         for _, inputs, targets in itertools.islice(batches, n):
-            loss, hidden = step_fn(objective, optimizer, inputs, targets, hidden, s["lr"], s)
+            loss, hidden = step_fn(objective, optimizer, inputs, targets, hidden, s["lr"],
+                                   s["clip"], precision)
             losses.append(loss)
         return losses
 
@@ -192,12 +194,12 @@ def main(argv=None):
         for name in SHAPE:
             p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=COUNT, default=None,
                            help=f"{prefix} {name} (default: by device)")
-    rank = distributed.environment_rank()
+    rank = devices.environment_rank()
     try:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(distributed.only_main_prints())
+            stack.enter_context(devices.only_main_prints())
             args = p.parse_args(argv)
-            group, device = stack.enter_context(distributed.start(args.device))
+            group, device = stack.enter_context(devices.start(args.device))
             run(args, group, device)
     except (CorpusError, SettingsError) as e:
         sys.exit(f"error: {e}" if rank == 0 else 1)
@@ -216,6 +218,36 @@ def run(args, group, device):
     shapes = {kind: tuple(getattr(args, f"{kind}_{name}") or default
                           for name, default in zip(SHAPE, defaults[kind]))
               for kind in ("awd", "lstm")}
+    runs = chosen_runs(args, shapes, group)
+    corpus = Corpus(args.data) if any(not r.get("large_vocabulary") for r in runs) else None
+    largest = max(shapes["awd"][3] * shapes["awd"][4], 1) * (args.steps + args.warmup + 2)
+    large = zipf_tokens(largest, WT103_WORDS) if any(r.get("large_vocabulary")
+                                                     for r in runs) else None
+    where = f"{group.size} processes ({group.backend}), " if group.size > 1 else ""
+    print(f"torch {torch.__version__} | {where}{device.type} ({describe_device(device)}, "
+          f"{args.precision}) | median of {args.repeats} x {args.steps} timed steps after "
+          f"{args.warmup} warm-up" + (f" | vocabulary {len(corpus.dictionary):,}"
+                                      if corpus else ""))
+    # Round-robin repeats, median per configuration: on a busy CPU single timings of the
+    # same configuration differ by 10% and more.
+    timings = {r["label"]: [] for r in runs}
+    for _ in range(args.repeats):
+        for r in runs:
+            tokens, ntoken = ((large, WT103_WORDS) if r.get("large_vocabulary") else
+                              (corpus.train, len(corpus.dictionary)))
+            timings[r["label"]].append(time_steps(
+                dict(r, cutoffs=args.cutoffs), shapes[r["kind"]], tokens, ntoken, device,
+                args.steps, args.warmup, args.precision, group))
+    print_table(runs, timings, shapes, group, device)
+    for kind in sorted({r["kind"] for r in runs}):
+        print(f"shapes {kind}: " + ", ".join(f"{n} {v}" for n, v in zip(SHAPE, shapes[kind])))
+    if large is not None:
+        print(f"(e), (f): vocabulary {WT103_WORDS:,}, Zipf-distributed synthetic tokens, untied"
+              + (f", cutoffs {','.join(map(str, args.cutoffs))}" if "e" in args.configs else ""))
+
+
+def chosen_runs(args, shapes, group):
+    """The configurations --configs names that can run here, or a SettingsError."""
     runs = [r for r in RUNS if r["label"] in args.configs]
     if group.size > 1 and any(r["label"] == "d" for r in runs):
         print("(d) is left out under torchrun: its hand-written update has no all-reduce")
@@ -231,39 +263,25 @@ def run(args, group, device):
         raise SettingsError(f"(e): with {len(args.cutoffs)} --cutoffs the adaptive softmax's "
                             f"last cluster would have no features at --awd-nhid "
                             f"{shapes['awd'][1]}; give fewer cutoffs or a larger --awd-nhid")
-    corpus = Corpus(args.data) if any(not r.get("large_vocabulary") for r in runs) else None
-    largest = max(shapes["awd"][3] * shapes["awd"][4], 1) * (args.steps + args.warmup + 2)
-    large = zipf_tokens(largest, WT103_WORDS) if any(r.get("large_vocabulary")
-                                                     for r in runs) else None
-    where = f"{group.size} processes ({group.backend}), " if group.size > 1 else ""
-    print(f"torch {torch.__version__} | {where}{device.type} ({describe_device(device)}, "
-          f"{args.precision}) | median of {args.repeats} x {args.steps} timed steps after "
-          f"{args.warmup} warm-up" + (f" | vocabulary {len(corpus.dictionary):,}"
-                                      if corpus else ""))
+    return runs
+
+
+def print_table(runs, timings, shapes, group, device):
+    """One row per configuration (the median time of its repeats; the others' figures from
+    its first, all repeats starting from the same seed and data), and the ratios."""
     memory = "peak GPU memory" if device.type == "cuda" else "process peak RSS"
     per_process = f" {'tok/s/proc':>10}" if group.size > 1 else ""
     print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10}"
           f"{per_process} {'train ppl':>10} {'LSTM':>8} {'re-packs':>8} {memory:>16}")
-    # Round-robin repeats, median per configuration: on a busy CPU single timings of the
-    # same configuration differ by 10% and more.
-    timings = {r["label"]: [] for r in runs}
-    for _ in range(args.repeats):
-        for r in runs:
-            tokens, ntoken = ((large, WT103_WORDS) if r.get("large_vocabulary") else
-                              (corpus.train, len(corpus.dictionary)))
-            timings[r["label"]].append(time_steps(
-                dict(r, cutoffs=args.cutoffs), shapes[r["kind"]], tokens, ntoken, device,
-                args.steps, args.warmup, args.precision, group))
     results = {}
     for r in runs:
         label = r["label"]
         batch_size, bptt = shapes[r["kind"]][3:]
-        first = timings[label][0]  # (every repeat starts from the same seed and data)
+        first = timings[label][0]
         seconds = statistics.median(t["seconds"] for t in timings[label])
-        peak = max(t["peak"] for t in timings[label])
+        peak = max(group.gather(max(t["peak"] for t in timings[label])))
         # Each process's own rate over its columns; the run's is their sum.
         rates = group.gather(batch_size // group.size * bptt / seconds)
-        peak = max(group.gather(peak))
         seconds = max(group.gather(seconds))  # the processes wait for the slowest
         results[label] = seconds
         name = f"({label}) {r['title']}"
@@ -271,15 +289,10 @@ def run(args, group, device):
         print(f"{name:<44} {first['params']:>11,} {1000 * seconds:>9.1f} {sum(rates):>10,.0f}"
               f"{per_process} {ppl(first['train_loss']):>10.1f} {first['lstm_dtype']:>8} "
               f"{first['repacks']:>8} {peak / 2**20:>13,.0f} MiB")
-        for first, second in (("a", "b"), ("c", "d"), ("e", "f")):
-            if label == second and first in results:
-                print(f"{f'{first}/{second} (speed of {first} relative to {second})':<44} "
-                      f"{'':>11} {results[second] / results[first]:>9.3f}")
-    for kind in sorted({r["kind"] for r in runs}):
-        print(f"shapes {kind}: " + ", ".join(f"{n} {v}" for n, v in zip(SHAPE, shapes[kind])))
-    if large is not None:
-        print(f"(e), (f): vocabulary {WT103_WORDS:,}, Zipf-distributed synthetic tokens, untied"
-              + (f", cutoffs {','.join(map(str, args.cutoffs))}" if "e" in args.configs else ""))
+        for this, that in (("a", "b"), ("c", "d"), ("e", "f")):
+            if label == that and this in results:
+                print(f"{f'{this}/{that} (speed of {this} relative to {that})':<44} "
+                      f"{'':>11} {results[that] / results[this]:>9.3f}")
 
 
 if __name__ == "__main__":

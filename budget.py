@@ -10,7 +10,6 @@ ends the epoch early at the deadline, so that validation, the saved model and th
 still finish inside the budget.
 """
 
-import copy
 import itertools
 import math
 import os
@@ -18,11 +17,9 @@ import time
 
 import torch
 
-import checkpoint
-from bptt import Objective, evaluate, train_step, windows
-from model import pack_lstm_weights
-from runlog import plural
-from trainer import make_optimizer
+from data import mean_nll, windows
+from trainer import train_step
+from util import plural
 
 # Part of the budget kept free for what the measurements cannot see (the first CUDA
 # kernels, jitter): 3% of it, at least 2 seconds. Epochs also cost a little more than
@@ -45,18 +42,15 @@ def measure(trainer, warmup=2, steps=20):
     s, device, group = trainer.s, trainer.device, trainer.group
     rng_state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    # (deepcopy leaves cuDNN's LSTM weights unpacked: pack them, to time what will run)
-    model = pack_lstm_weights(copy.deepcopy(trainer.model)).train()
-    objective = group.wrap(Objective(model, s["alpha"], s["beta"]),
-                           find_unused_parameters=model.adaptive)
-    optimizer = make_optimizer(s, model.parameters())
+    model, objective, optimizer = trainer.spare_copy()
     batches = windows(trainer.train_data, s["bptt"])
     hidden = model.init_hidden(trainer.train_data.size(1))
 
     def run(n):
         nonlocal hidden
         for _, inputs, targets in itertools.islice(batches, n):
-            _, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["lr"], s)
+            _, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["lr"],
+                                   s["clip"], s["precision"])
         synchronize(device)
 
     run(warmup)
@@ -65,12 +59,12 @@ def measure(trainer, warmup=2, steps=20):
     step_s = (time.perf_counter() - started) / steps
 
     def pass_seconds(data, batch_size):
-        # Time a slice of about 8 windows and scale to the split; evaluate's own first
+        # Time a slice of about 8 windows and scale to the split; mean_nll's own first
         # call pays for warm-up, so take the second of two.
         part = data[: batch_size * s["bptt"] * 8 + 1]
         for _ in range(2):
             started = time.perf_counter()
-            evaluate(model, part, batch_size, s["bptt"], group=group)
+            mean_nll(model, part, batch_size, s["bptt"], group=group)
             synchronize(device)
         return (time.perf_counter() - started) * len(data) / len(part)
 
@@ -79,10 +73,8 @@ def measure(trainer, warmup=2, steps=20):
     # Every epoch writes the training state, and the model when it improves.
     probe = f"{trainer.model_path}.budget-probe{os.getpid()}"
     started = time.perf_counter()
-    state = trainer.state()
     try:
-        if group.main:
-            checkpoint.save(probe, state)
+        trainer.save_state(probe)
     finally:
         if os.path.exists(probe):
             os.remove(probe)
@@ -127,7 +119,7 @@ def fixed_plan(epochs, steps_per_epoch, average_start, budget_s=None, train_dead
 
 def describe(p, speed, started_at, averages=True):
     """The plan as the lines train.py prints (`averages`: whether the run's schedule
-    averages the weights)."""
+    averages the weights, optim.AVERAGING)."""
     end = time.strftime("%H:%M:%S", time.localtime(started_at + p["budget_s"]))
     averaging = f", averaging from step {p['average_from']:,}" if averages else ""
     return (f"budget {p['budget_s'] / 60:g} min: measured {speed['step_s'] * 1000:.1f} ms per "

@@ -4,7 +4,7 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts, so that it
 torch.load(..., weights_only=True) on any PyTorch version. Two kinds, both with
     format "lstm-lm", version, kind, config (the model's plain-dict configuration),
     vocab (list of words, id order), args (the training settings), provenance (where
-    the run came from: provenance.py's records, one per start or resume)
+    the run came from: provenance_record's records, one per start or resume)
 - kind "model": `model` holds the weights to evaluate and sample from (the averaged
   weights once NT-ASGD has switched); written by train.py at `--save`.
 - kind "state": everything train.py needs to continue a run exactly (raw and averaged
@@ -14,14 +14,19 @@ torch.load(..., weights_only=True) on any PyTorch version. Two kinds, both with
 
 import os
 import pickle
+import platform
+import socket
+import subprocess
+import time
 import zipfile
+from dataclasses import dataclass
 
 import torch
 
-import provenance
 from data import Vocabulary
-from model import build_model, count_parameters
-from runlog import write_atomically
+from model import build_model, count_parameters, map_hidden
+from optim import RunningAverage
+from util import write_atomically
 
 FORMAT = "lstm-lm"
 VERSION = 1
@@ -45,7 +50,7 @@ def state_path(model_path):
 
 
 def save(path, checkpoint):
-    """Write atomically (runlog.write_atomically), so an interrupted write never leaves a
+    """Write atomically (util.write_atomically), so an interrupted write never leaves a
     broken or missing checkpoint."""
     write_atomically(path, lambda f: torch.save(checkpoint, f), binary=True)
 
@@ -120,9 +125,9 @@ def check_contents(path, checkpoint):
         raise CheckpointError(f"{path}: its {', '.join(numbers)} must be numbers")
     entries = checkpoint.get("provenance", [])  # older checkpoints have none
     if not (isinstance(entries, list) and all(
-            isinstance(e, dict) and set(provenance.KEYS) <= set(e) for e in entries)):
+            isinstance(e, dict) and set(PROVENANCE_KEYS) <= set(e) for e in entries)):
         raise CheckpointError(f"{path}: its provenance must be a list of records with "
-                              f"{', '.join(provenance.KEYS)}")
+                              f"{', '.join(PROVENANCE_KEYS)}")
 
 
 def one_line(error):
@@ -171,7 +176,7 @@ def describe(path):
              f"after epoch {checkpoint['epoch']}"
              + (f", valid ppl {checkpoint['valid_ppl']:.2f}" if "valid_ppl" in checkpoint else "")]
     lines.append("settings: " + " ".join(f"{k}={v}" for k, v in sorted(checkpoint["args"].items())))
-    return lines + provenance.describe(checkpoint.get("provenance", []))
+    return lines + describe_provenance(checkpoint.get("provenance", []))
 
 
 def precision(checkpoint):
@@ -193,3 +198,138 @@ def check_vocabulary(checkpoint_path, vocab_words, corpus):
             f"{checkpoint_path} was trained on a {len(vocab_words):,}-word vocabulary that "
             f"differs from that of {corpus.path} ({len(corpus.dictionary):,} words); "
             "pass the --data the checkpoint was trained on")
+
+
+# --- The training state ---------------------------------------------------------------------
+
+@dataclass
+class Position:
+    """Where an interrupted epoch stands, for a state to continue from: the next window's
+    row, the batches done, the loss sum and tokens of all processes as of the last sync
+    point, the training seconds, and the whole batch's hidden state (float32)."""
+    hidden: object
+    index: int = 0
+    batches: int = 0
+    loss_sum: float = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def training_state(trainer):
+    """A trainer.Trainer's whole state, as a checkpoint of kind "state" (under torchrun every
+    process must call this together: each one's random state goes into it)."""
+    t = trainer
+    return t.pack(
+        "state", model=t.model.state_dict(),
+        averaged=t.averaged.state_dict() if t.averaged is not None else None,
+        optimizer=t.optimizer.state_dict(), lr=t.lr, epoch=t.epoch,
+        position=vars(t.position).copy() if t.position is not None else None,
+        valid_history=t.valid_history, best_valid_loss=t.best_valid_loss, metrics=t.metrics,
+        steps=t.steps, done=t.done, plan=t.plan,
+        scheduler=t.scheduler.state_dict() if t.scheduler is not None else None,
+        rng=t.group.random_states(t.device, t.rng))
+
+
+def restore(trainer, state):
+    """Continue a freshly built trainer.Trainer from a training state, exactly when as many
+    processes run as saved it; returns how many did (so that the caller can say so)."""
+    t = trainer
+    t.model.load_state_dict(state["model"])
+    if state["averaged"] is not None:
+        t.averaged = RunningAverage(t.model)
+        t.averaged.load_state_dict(state["averaged"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.lr, t.epoch, t.valid_history = state["lr"], state["epoch"], state["valid_history"]
+    t.best_valid_loss, t.metrics, t.done = (state["best_valid_loss"], state["metrics"],
+                                           state["done"])
+    t.steps = state.get("steps", 0)  # (states written before these existed lack them)
+    t.provenance = list(state.get("provenance", []))
+    if state.get("plan") is not None:
+        t.set_plan(state["plan"])
+        if t.scheduler is not None:
+            t.scheduler.load_state_dict(state["scheduler"])
+    t.resumed = True
+    if state["position"] is not None:  # the whole batch's state: this process's columns
+        columns = t.group.columns(t.s["batch_size"])
+        t.position = Position(**state["position"])
+        t.position.hidden = map_hidden(lambda h: h[:, columns].contiguous().to(t.device),
+                                       t.position.hidden)
+    return t.group.restore_random_states(state["rng"], t.device, t.rng)
+
+
+# --- Provenance: where a trained model came from ------------------------------------------
+#
+# The command, the repository commit, the torch and CUDA versions, the device, the date and
+# the sha256 of the data files. A run records one entry when it starts and one more each
+# time it is resumed; checkpoints, the metrics CSV and the JSON summary all carry the list,
+# as plain strings and dicts.
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+PROVENANCE_KEYS = ("command", "date", "commit", "torch", "cuda", "device", "host", "data",
+                   "data_sha256")
+ADDED_PROVENANCE_KEYS = ("processes",)  # recorded since torchrun runs exist; older lack them
+
+
+def git_commit():
+    """The repository's commit, marked when tracked files have uncommitted changes;
+    "none" outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+    return commit + (" (with uncommitted changes)" if changed else "")
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def provenance_record(command, device, device_name, corpus, processes="1 process"):
+    """One entry: this process's command line (a string), device (and `device_name`,
+    devices.describe_device's), processes (under torchrun, devices.Group.describe's) and
+    data."""
+    name = device_name
+    return dict(
+        command=command, processes=processes,
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        commit=git_commit(), torch=str(torch.__version__), cuda=str(torch.version.cuda or "none"),
+        device=name if device.type == "cuda" else f"{cpu_name()}, {name}",
+        host=socket.gethostname(), data=os.path.abspath(corpus.path),
+        data_sha256=dict(corpus.sha256))
+
+
+def describe_provenance(entries):
+    """Lines that say where a run came from, one paragraph per entry."""
+    lines = []
+    for i, entry in enumerate(entries):
+        lines += [f"{'started' if i == 0 else 'resumed'} {entry['date']}: {entry['command']}",
+                  f"  commit {entry['commit']} | torch {entry['torch']}, CUDA {entry['cuda']} "
+                  f"| {entry['device']} on {entry['host']}"
+                  + (f", {entry['processes']}" if "processes" in entry else ""),
+                  f"  data {entry['data']}: sha256 " + ", ".join(
+                      f"{split} {digest}" for split, digest in entry["data_sha256"].items())]
+    return lines or ["no provenance recorded (written before this repository recorded it)"]
+
+
+def data_differs(entries, corpus, split):
+    """A warning when the `split` file of `corpus` is not the one the run trained with
+    (compared by sha256), else None."""
+    trained = entries[0]["data_sha256"].get(split) if entries else None
+    if trained is None or trained == corpus.sha256[split]:
+        return None
+    return (f"warning: the {split} split of {corpus.path} differs from the one this model was "
+            f"trained with ({entries[0]['data']}; sha256 {corpus.sha256[split][:12]}... "
+            f"here, {trained[:12]}... there), so its perplexity is not comparable with the "
+            "training run's")

@@ -1,4 +1,5 @@
-"""data.py: read a tokenized corpus, build its vocabulary, and batch it for truncated BPTT.
+"""data.py: read a tokenized corpus, build its vocabulary, batch it for truncated BPTT, and
+score a language model on a split exactly (mean_nll).
 
 A corpus is a directory with three splits in the WikiText format (one sentence or
 paragraph per line, tokens separated by spaces). Two layouts are accepted:
@@ -14,16 +15,18 @@ inverse (`detokenize`), which generate.py uses for prompts and for readable outp
 """
 
 import array
+import functools
 import hashlib
+import math
 import os
 import re
 import sys
 
+import numpy as np
 import torch
 
-from runlog import write_atomically
+from util import ppl, progress_bar, write_atomically
 
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "wikitext-2")
 EOS = "<eos>"
 UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
@@ -216,7 +219,8 @@ class Corpus:
 #
 # get_batch(source, i, seq_len) takes rows i .. i+seq_len-1 as input and the same rows
 # shifted down by one as targets, so each column is read as one running text and the
-# hidden state of a window carries over to the next window of the same column.
+# hidden state of a window carries over to the next window of the same column; `windows`
+# walks a whole split so, training and evaluation alike.
 
 def check_batch_size(corpus, split, batch_size, flag):
     """Refuse, naming `flag`, a batch size that would leave each column of `split` fewer
@@ -242,6 +246,74 @@ def get_batch(source, i, seq_len):
     where seq_len' is shortened at the end of `source`."""
     seq_len = min(seq_len, source.size(0) - 1 - i)
     return source[i : i + seq_len], source[i + 1 : i + 1 + seq_len]
+
+
+def windows(source, seq_len, start=0, min_len=1):
+    """Yield (row, inputs, targets) for consecutive windows of `source` (steps, batch) from
+    row `start`, each (length, batch) with targets one row ahead of inputs. `seq_len` is an
+    int or a callable drawing each window's length just before that window is cut (the
+    variable BPTT of AWD-LSTM). Stops when fewer than `min_len` targets remain."""
+    row = start
+    while source.size(0) - 1 - row >= min_len:
+        length = seq_len() if callable(seq_len) else seq_len
+        inputs, targets = get_batch(source, row, length)
+        yield row, inputs, targets
+        row += inputs.size(0)
+
+
+def sample_seq_len(rng, bptt):
+    """AWD-LSTM's variable BPTT: around bptt (p = 0.95) or bptt / 2, sd 5, at least 5."""
+    base = bptt if rng.random() < 0.95 else bptt / 2
+    return max(5, int(rng.normal(base, 5)))
+
+
+@functools.lru_cache
+def mean_seq_len(bptt, draws=20000):
+    """The mean window length that sample_seq_len gives, from draws of a private generator
+    (so the run's own random state is untouched): about 0.975 * bptt when bptt is large,
+    more when the floor of 5 matters."""
+    rng = np.random.default_rng(0)
+    return sum(sample_seq_len(rng, bptt) for _ in range(draws)) / draws
+
+
+def scored_targets(n_tokens, batch_size):
+    """How many targets a split of `n_tokens` has once batchified: each of the batch_size
+    columns of n_tokens // batch_size tokens predicts all but its first token."""
+    return (n_tokens // batch_size - 1) * batch_size
+
+
+@torch.no_grad()
+def mean_nll(model, data, batch_size, bptt, progress=None, on_segment=None, group=None):
+    """Mean negative log-likelihood per target token of `data` (1-D token ids) under `model`
+    (model.py's interface), exact: every target of the batchified split is scored once,
+    summed in float64 (validation, the test, evaluate.py). `on_segment`, when given, also
+    receives each window's target log-probabilities (T, batch), last-layer states
+    (T, batch, features) and targets (T, batch): the cache pointer reads them. Under
+    torchrun (`group`, a devices.Group) each process scores its own columns and the sums
+    are added: the columns are independent streams, so the result is the one process's."""
+    model.eval()
+    device = next(model.parameters()).device
+    columns = group.columns(batch_size) if group is not None else slice(None)
+    main = group is None or group.main
+    source = batchify(data, batch_size)[:, columns].contiguous().to(device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    if source.size(1) > 0:  # (a process may have no columns: test batch 1 on several)
+        hidden = model.init_hidden(source.size(1))
+        bar = progress_bar(windows(source, bptt), progress if main else None,
+                           total=math.ceil((source.size(0) - 1) / bptt))
+        for n, (row, inputs, targets) in enumerate(bar):
+            out = model(inputs, hidden)
+            hidden = out.hidden
+            logp = model.target_log_probs(out, targets)  # (T, batch), float32
+            total -= logp.double().sum()
+            if on_segment is not None:
+                on_segment(logp, out.raw_output, targets)
+            if not bar.disable and n % 20 == 0:  # running perplexity: a sync, terminals only
+                scored = (row + len(inputs)) * source.size(1)
+                bar.set_postfix(ppl=f"{ppl(total.item() / scored):.2f}")
+    if group is not None:
+        total = group.sum(total)
+    return total.item() / scored_targets(len(data), batch_size)
 
 
 # WikiText-style tokenisation of free text (prompts) and its inverse (readable output).

@@ -26,12 +26,13 @@ import sys
 import torch
 
 import checkpoint
-import provenance
-from bptt import evaluate, ppl, progress_bar, scored_targets, windows
 from checkpoint import CheckpointError
-from config import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PRECISIONS, Parser, SettingsError,
-                    pick_device, set_precision)
-from data import DEFAULT_DATA, Corpus, CorpusError, batchify, check_batch_size
+from data import (Corpus, CorpusError, batchify, check_batch_size, mean_nll, scored_targets,
+                  windows)
+from devices import PRECISIONS, pick_device, set_precision
+from settings import (COUNT, DEFAULT_DATA, FRACTION, NON_NEGATIVE, POSITIVE, Parser,
+                      SettingsError)
+from util import ppl, progress_bar
 from model import build_model, detach_hidden, without_dropout
 
 
@@ -48,7 +49,7 @@ def cache_distribution(p_model, history_states, history_words, state, theta, lam
 
 
 class CachePointer:
-    """Scores a split segment by segment (as bptt.evaluate's on_segment) under the cache
+    """Scores a split segment by segment (as data.mean_nll's on_segment) under the cache
     mixture, for a whole grid of (theta, lambda) at once. Each batch column is its own text
     with its own cache of the last `window` pairs (h_i, x_(i+1)). Only the target's
     probability is needed:
@@ -246,8 +247,8 @@ THETAS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.662, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5]
 LAMBDAS = [0.05, 0.1, 0.1279, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
 
 
-def report(name, split, mean_nll, count):
-    print(f"{name:<24} {split} ppl {ppl(mean_nll):9.2f}   ({count:,} target tokens)")
+def report(name, split, nll, count):
+    print(f"{name:<24} {split} ppl {ppl(nll):9.2f}   ({count:,} target tokens)")
 
 
 # The --tune-dynamic grid: multiples of --dyn-lr, and decays around Krause et al.'s 0.02.
@@ -256,14 +257,14 @@ DYN_DECAYS = [0.01, 0.02, 0.05]
 
 
 def run_dynamic(args, model, corpus, data, count):
-    report("plain", args.split, evaluate(model, data, args.batch_size, args.bptt, "scoring"),
+    report("plain", args.split, mean_nll(model, data, args.batch_size, args.bptt, "scoring"),
            count)
     tuned = trainable_copy(model)
     rms = gradient_rms(tuned, corpus.train, args.dyn_stat_batch_size, args.dyn_stat_bptt,
                        args.dyn_stat_batches)
     trained = {name: t.clone() for name, t in tuned.state_dict().items()}
 
-    def mean_nll(text, lr, decay, progress):
+    def dynamic_mean_nll(text, lr, decay, progress):
         tuned.load_state_dict(trained)
         pulls = decay_rates(rms, decay, args.dyn_clip)
         total, n = dynamic_nll(tuned, text, args.batch_size, args.dyn_segment, lr,
@@ -272,8 +273,8 @@ def run_dynamic(args, model, corpus, data, count):
 
     if args.tune_dynamic:
         valid = corpus.valid[:args.dyn_tune_tokens]
-        results = {(factor * args.dyn_lr, decay): mean_nll(valid, factor * args.dyn_lr, decay,
-                                                           f"tuning lr x{factor} decay {decay}")
+        results = {(factor * args.dyn_lr, decay): dynamic_mean_nll(
+                       valid, factor * args.dyn_lr, decay, f"tuning lr x{factor} decay {decay}")
                    for factor in DYN_LR_FACTORS for decay in DYN_DECAYS}
         (lr, decay), best = min(results.items(), key=lambda item: item[1])
         edge = lr in (DYN_LR_FACTORS[0] * args.dyn_lr, DYN_LR_FACTORS[-1] * args.dyn_lr) or \
@@ -283,7 +284,7 @@ def run_dynamic(args, model, corpus, data, count):
               + ("; on the edge of the grid, so the optimum may lie beyond it" if edge else ""))
         args.dyn_lr, args.dyn_decay = lr, decay
     report(f"dynamic (lr {args.dyn_lr:g}, eps {args.dyn_eps:g}, decay {args.dyn_decay:g})",
-           args.split, mean_nll(data, args.dyn_lr, args.dyn_decay, "dynamic"), count)
+           args.split, dynamic_mean_nll(data, args.dyn_lr, args.dyn_decay, "dynamic"), count)
 
 
 def run(args):
@@ -295,7 +296,7 @@ def run(args):
     set_precision(args.precision or checkpoint.precision(saved), device, training=False)
     corpus = Corpus(args.data or saved["args"].get("data") or DEFAULT_DATA)
     checkpoint.check_vocabulary(args.checkpoint, saved["vocab"], corpus)
-    differs = provenance.data_differs(saved.get("provenance", []), corpus, args.split)
+    differs = checkpoint.data_differs(saved.get("provenance", []), corpus, args.split)
     if differs:
         print(differs, file=sys.stderr)
     data = getattr(corpus, args.split)[:args.max_tokens]  # (None: all of it)
@@ -322,7 +323,7 @@ def run(args):
 
     if args.tune_cache:
         grid = CachePointer(args.window, THETAS, LAMBDAS)
-        evaluate(model, corpus.valid, args.batch_size, args.bptt, "tuning on valid", grid.add)
+        mean_nll(model, corpus.valid, args.batch_size, args.bptt, "tuning on valid", grid.add)
         valid_count = scored_targets(len(corpus.valid), args.batch_size)
         a, b = divmod(int(torch.argmin(grid.total_nll)), len(LAMBDAS))
         args.theta, args.lambdasm = THETAS[a], LAMBDAS[b]
@@ -333,9 +334,9 @@ def run(args):
     cache = None
     if args.cache or args.tune_cache:
         cache = CachePointer(args.window, [args.theta], [args.lambdasm])
-    mean_nll = evaluate(model, data, args.batch_size, args.bptt, "scoring",
-                        cache.add if cache else None)
-    report("plain", args.split, mean_nll, count)
+    plain = mean_nll(model, data, args.batch_size, args.bptt, "scoring",
+                     cache.add if cache else None)
+    report("plain", args.split, plain, count)
     if cache is not None:
         report(f"cache (W {args.window}, theta {args.theta}, lambda {args.lambdasm})",
                args.split, cache.total_nll.item() / count, count)

@@ -18,9 +18,9 @@ import torch
 
 import checkpoint
 from checkpoint import CheckpointError
-from config import (COUNT, PRECISIONS, SEED, Parser, SettingsError, check_output_file,
-                    checked, pick_device, set_precision)
 from data import EOS, UNK, detokenize, tokenize
+from devices import PRECISIONS, pick_device, set_precision
+from settings import COUNT, SEED, Parser, SettingsError, check_output_file, checked
 
 
 def filter_logits(logits, top_k=0, top_p=1.0):

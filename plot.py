@@ -17,7 +17,7 @@ import os
 import statistics
 import sys
 
-from config import Parser, SettingsError, check_output_file
+from settings import Parser, SettingsError, check_output_file
 from runlog import read_metrics
 
 REQUIRED = ("epoch", "seconds", "train_ppl", "valid_ppl", "lr", "event")
@@ -65,7 +65,9 @@ def read_run(path, label=None):
         for seconds in run["seconds"]:
             total += seconds
             run["minutes"].append(total / 60)
-    run["switch"] = [i for i, r in enumerate(rows) if r["event"] == "switch to ASGD"]
+    # (CSVs from before the "switched" column say it in the event's words only)
+    run["switch"] = [i for i, r in enumerate(rows) if r.get("switched") == "yes"
+                     or ("switched" not in r and "switch to ASGD" in r["event"])]
     run["resumed"] = [i for i, r in enumerate(rows) if r.get("resumed")]
     run["label"] = label or run_label(path)
     summary_file = os.path.splitext(path)[0] + ".json"

@@ -17,11 +17,15 @@ import time
 
 from tqdm import tqdm
 
-import provenance
-from config import SettingsError
+from checkpoint import describe_provenance
+from settings import SettingsError
+from util import duration, write_atomically
 
+# "event" says in words what "saved" (the best model so far), "switched" (NT-ASGD began
+# averaging) and "out_of_time" (a budget ended the epoch early) say as "yes" or "".
 FIELDS = ["epoch", "seconds", "tokens_per_s", "train_loss", "train_ppl", "valid_loss",
-          "valid_ppl", "lr", "mode", "event", "elapsed_s", "resumed"]
+          "valid_ppl", "lr", "mode", "event", "elapsed_s", "resumed", "saved", "switched",
+          "out_of_time"]
 # The CSV's numeric columns, logged to TensorBoard under epoch/<name> at step = epoch.
 EPOCH_SCALARS = ["train_loss", "train_ppl", "valid_loss", "valid_ppl", "lr", "seconds",
                  "tokens_per_s", "elapsed_s"]
@@ -42,35 +46,6 @@ def read_metrics(path):
     """The rows of a metrics CSV (dicts of strings), past its "#" provenance lines."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
-
-
-def write_atomically(path, write, binary=False):
-    """Call write(f) on a temporary file beside `path`, flush it to disk and rename it over
-    `path`: an interrupted write never leaves a broken or missing file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with (open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8")) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def duration(seconds):
-    """3725 -> "1h 02m"; 125 -> "2m 05s"."""
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
-
-
-def plural(n, noun):
-    """1, "epoch" -> "1 epoch"; 3, "epoch" -> "3 epochs"; 2, "process" -> "2 processes"."""
-    ending = "es" if noun.endswith(("s", "x", "sh", "tch")) else "s"  # (not "epoches")
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}{ending}"
 
 
 def lock_path(model_path):
@@ -194,7 +169,7 @@ class RunLog:
         self.epochs_here += 1
         left = self.settings["epochs"] - row["epoch"]
         finish = ""
-        if left > 0 and "out of time" not in row["event"]:
+        if left > 0 and not row["out_of_time"]:
             eta = (time.time() - self.started) / self.epochs_here * left
             limit = "at most " if self.settings.get("finetune") else ""
             finish = f" | {limit}{left} more, ~{duration(eta)}"
@@ -202,7 +177,7 @@ class RunLog:
                    f"{row['tokens_per_s']:8,} tok/s | train ppl {row['train_ppl']:9.2f} "
                    f"| valid ppl {row['valid_ppl']:9.2f} | lr {row['lr']:g} | "
                    f"{row['mode']}" + (f" | {row['event']}" if row["event"] else "") + finish)
-        if row["event"] == "switch to ASGD":
+        if row["switched"]:
             tqdm.write(f"switching to ASGD at epoch {row['epoch']}")
         if self.writer is not None:
             for name in EPOCH_SCALARS:
@@ -212,12 +187,12 @@ class RunLog:
     def state_saved(self, rows, entries):
         """Rewrite the CSV whole from the run's rows (restored on resume, so a resumed run
         never duplicates a row), atomically; its first lines, each starting with "#", say
-        where the run came from (`entries`, provenance.record's)."""
+        where the run came from (`entries`, checkpoint.provenance_record's)."""
         if not self.writes:
             return
 
         def write(f):
-            f.writelines(f"# {line}\n" for line in provenance.describe(entries))
+            f.writelines(f"# {line}\n" for line in describe_provenance(entries))
             writer = csv.DictWriter(f, fieldnames=FIELDS, restval="")
             writer.writeheader()
             writer.writerows(rows)

@@ -1,190 +1,122 @@
-"""trainer.py: one training run's state and how it moves: the model, the optimizer, the
-NT-ASGD average, where an epoch stands; training one epoch, ending it (validation, best
-checkpoint, schedule), and saving and restoring all of it exactly.
+"""trainer.py: one training run: the step (the model's loss plus AR/TAR, backward, clipping,
+an optimizer step), the epoch loop around it, and the end of an epoch (validation, the best
+checkpoint, the schedule's decisions).
 
-train.py builds a Trainer from the run's settings and drives it epoch by epoch. Under
-torchrun every process holds a Trainer of its own columns (distributed.Group); they
-decide together what one of them may see first, and only the main process writes.
+train.py builds a Trainer from the run's settings and calls train_epoch and end_epoch for
+each epoch; checkpoint.py saves and restores its state. Under torchrun every process holds
+a Trainer of its own columns of the batch (devices.Group); what one process may learn first
+(a stop, a passed deadline, a due save) they decide together at sync points.
 """
 
+import copy
 import itertools
 import math
 import os
-import signal
 import time
 from functools import partial
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
 
 import checkpoint
-from bptt import (Objective, evaluate, mean_seq_len, ppl, progress_bar, sample_seq_len,
-                  train_step, windows)
-from data import batchify
-from distributed import SINGLE
-from model import build_model, map_hidden, model_config, pack_lstm_weights
-from runlog import plural
+from checkpoint import Position
+from data import batchify, mean_nll, mean_seq_len, sample_seq_len, windows
+from devices import SINGLE
+from model import (build_model, count_parameters, detach_hidden, map_hidden, model_config,
+                   pack_lstm_weights)
+from optim import (AVERAGING, RunningAverage, make_optimizer, make_scheduler,
+                   should_start_averaging)
+from util import plural, ppl, progress_bar
 
-# Like the reference code, an epoch leaves out a last window of a single target.
-MIN_WINDOW = 2
 DIVERGED = 10.0  # nats above a uniform guess at which a run counts as diverged
+MIN_WINDOW = 2  # like the reference code, an epoch leaves out a last window of one target
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (it diverged)."""
 
 
-def should_start_averaging(history, valid_loss, nonmono):
-    """NT-ASGD's trigger (the paper's Algorithm 1): with `history` the validation losses of
-    the epochs before this one, fire when there are more than `nonmono` of them and this
-    epoch's loss is worse than the best one from before the last `nonmono` epochs."""
-    return len(history) > nonmono and valid_loss > min(history[:-nonmono])
+# --- One step -----------------------------------------------------------------------------
+
+class Objective(torch.nn.Module):
+    """What a training step minimises, as one module: the model's mean cross-entropy on the
+    targets, and AR/TAR (weights `alpha`, `beta`): AR = alpha * mean(h^2) of the dropped
+    last layer, TAR = beta * mean((h_t+1 - h_t)^2) of the undropped one, in float32. Under
+    torchrun it is this module that DistributedDataParallel wraps: DDP follows only what
+    its forward computes, and an adaptive softmax scores the targets outside the model's."""
+
+    def __init__(self, model, alpha, beta):
+        super().__init__()
+        self.model, self.alpha, self.beta = model, alpha, beta
+
+    def forward(self, inputs, hidden, targets):
+        """(cross-entropy, AR/TAR penalty, new hidden state)"""
+        out = self.model(inputs, hidden)
+        penalty = 0.0
+        if self.alpha:
+            penalty = penalty + self.alpha * out.dropped_output.float().pow(2).mean()
+        raw = out.raw_output.float()
+        if self.beta and raw.size(0) > 1:
+            penalty = penalty + self.beta * (raw[1:] - raw[:-1]).pow(2).mean()
+        return self.model.loss(out, targets), penalty, out.hidden
 
 
-class StopRequest:
-    """Turns the first Ctrl-C or SIGTERM into a request to stop after the current batch
-    (`when` says otherwise); a second Ctrl-C aborts at once."""
-
-    def __init__(self, when="after the current batch"):
-        self.requested = False
-        self.when = when
-
-    def __enter__(self):
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write(f"stopping {self.when}; the training state will be saved "
-                   "(Ctrl-C again aborts at once)")
+def train_step(objective, optimizer, inputs, targets, hidden, lr, clip, precision):
+    """One truncated-BPTT step: forward from `hidden` (detached here) through `objective`
+    (an Objective, or its DDP wrapper), backward, gradients clipped to total norm `clip`,
+    an optimizer step at `lr`. With precision "bf16" the forward runs under bfloat16
+    autocast; weights, gradients and the optimizer stay float32. Returns the cross-entropy
+    (a tensor, so the caller decides when to synchronise) and the new hidden state."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, penalty, hidden = objective(inputs, detach_hidden(hidden), targets)
+    optimizer.zero_grad(set_to_none=True)
+    (loss + penalty).backward()
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return loss.detach(), hidden
 
 
-AVERAGING = ("ntasgd", "onecycle")  # the schedules that average the weights
+# --- Where an epoch stands ----------------------------------------------------------------
 
-# Adam's weight decay is an L2 term (added to the gradient), AdamW's a decoupled decay.
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+class EpochSums:
+    """An epoch's running sums as it trains: this process's loss sum (on the device: no
+    sync per step) and tokens, those of all processes as of the last sync point, and those
+    at the last divergence check. The main process's own sums start with the epoch's before
+    a resume, so that adding up the processes counts them once."""
 
-# Gugger and Howard's 1cycle for AWD-LSTM (sgugger/Adam-experiments, utils.get_phases):
-# the lr climbs linearly from peak / 10 to the peak, holds, falls back to peak / 10 and
-# anneals to 0 on a cosine, in phases of 7.5, 37.5, 37.5 and 7.5 of 90 epochs (here
-# fractions of the planned steps); Adam's beta1 moves against the lr, from 0.8 at peak / 10
-# to 0.7 at the peak; beta2 is 0.99.
-ONE_CYCLE = dict(phases=(7.5, 37.5, 37.5, 7.5), div=10.0, beta1=(0.8, 0.7), beta2=0.99)
+    def __init__(self, position, group, device):
+        self.total, self.all_tokens = position.loss_sum, position.tokens
+        self.loss_sum = torch.tensor(self.total if group.main else 0.0, dtype=torch.float64,
+                                     device=device)
+        self.tokens = self.all_tokens if group.main else 0
+        self.batches = position.batches
+        self.started = time.time() - position.seconds
+        self.checked = (self.total, self.all_tokens, self.batches)
 
+    def add(self, loss, tokens):
+        self.loss_sum += loss.double() * tokens
+        self.tokens += tokens
+        self.batches += 1
 
-def make_optimizer(settings, parameters):
-    """torch.optim's SGD, Adam or AdamW at the run's lr and weight decay (Adam's betas
-    those of the 1cycle schedule when it runs one)."""
-    kind = OPTIMIZERS[settings.get("optimizer", "sgd")]
-    extra = {}
-    if kind is not torch.optim.SGD and settings.get("schedule") == "1cycle":
-        extra["betas"] = (ONE_CYCLE["beta1"][0], ONE_CYCLE["beta2"])
-    return kind(parameters, lr=settings["lr"], weight_decay=settings["wdecay"], **extra)
-
-
-def one_cycle_ends(total_steps):
-    """The steps at which the four phases of a 1cycle over `total_steps` end."""
-    phases = ONE_CYCLE["phases"]
-    return [total_steps * sum(phases[:i + 1]) / sum(phases) for i in range(4)]
-
-
-def one_cycle_factor(step, total_steps):
-    """The 1cycle lr at `step` of `total_steps`, as a fraction of the peak."""
-    low, ends = 1 / ONE_CYCLE["div"], one_cycle_ends(total_steps)
-    if step < ends[0]:
-        return low + (1 - low) * step / ends[0]
-    if step < ends[1]:
-        return 1.0
-    if step < ends[2]:
-        return 1 - (1 - low) * (step - ends[1]) / (ends[2] - ends[1])
-    progress = min((step - ends[2]) / max(ends[3] - ends[2], 1), 1.0)
-    return low * (1 + math.cos(math.pi * progress)) / 2
+    def position(self, row, hidden, group):
+        return Position(index=row, batches=self.batches, loss_sum=self.total,
+                        tokens=self.all_tokens, seconds=time.time() - self.started,
+                        hidden=map_hidden(lambda h: group.gather_columns(h.detach().float()),
+                                          hidden))
 
 
-class OneCycle(torch.optim.lr_scheduler.LambdaLR):
-    """Gugger and Howard's 1cycle (ONE_CYCLE) over `total_steps`, as torch's LambdaLR; each
-    step also sets beta1 of an Adam-type optimizer against the lr."""
-
-    def __init__(self, optimizer, total_steps):
-        self.total_steps = total_steps
-        super().__init__(optimizer, lambda step: one_cycle_factor(step, total_steps))
-
-    def step(self, epoch=None):
-        super().step(epoch)
-        low, (beta1_low_lr, beta1_peak) = 1 / ONE_CYCLE["div"], ONE_CYCLE["beta1"]
-        factor = max(one_cycle_factor(self.last_epoch, self.total_steps), low)
-        beta1 = beta1_low_lr + (beta1_peak - beta1_low_lr) * (factor - low) / (1 - low)
-        for group in self.optimizer.param_groups:
-            if "betas" in group:
-                group["betas"] = (beta1, group["betas"][1])
-
-    def describe(self, peak):
-        """The schedule as train.py prints it."""
-        ends = [round(end) for end in one_cycle_ends(self.total_steps)]
-        (beta1_low_lr, beta1_peak), low = ONE_CYCLE["beta1"], peak / ONE_CYCLE["div"]
-        return (f"schedule 1cycle over {self.total_steps:,} steps: lr {low:g} -> {peak:g} by "
-                f"step {ends[0]:,} (beta1 {beta1_low_lr} -> {beta1_peak}), held to step "
-                f"{ends[1]:,}, -> {low:g} by step {ends[2]:,} (beta1 -> {beta1_low_lr}), "
-                f"cosine to 0 by step {ends[3]:,}")
-
-
-class RunningAverage(AveragedModel):
-    """NT-ASGD's uniform average of the weights after every step since it started.
-
-    torch's AveragedModel.update_parameters reads its step counter, a tensor, on the host
-    and copies it to the GPU on every call: two waits for the GPU per training step. This
-    subclass keeps the count as a Python int (mirrored into the n_averaged buffer, so the
-    state_dict is AveragedModel's) and updates each weight in place with lerp_, which
-    computes the same mean: avg += (w - avg) / (n + 1)."""
-
-    def __init__(self, model):
-        super().__init__(model)
-        pack_lstm_weights(self.module)
-        self.count = 0
-
-    @torch.no_grad()
-    def update_parameters(self, model):
-        for averaged, current in zip(self.module.parameters(), model.parameters()):
-            if self.count == 0:
-                averaged.copy_(current)
-            else:
-                averaged.lerp_(current, 1.0 / (self.count + 1))
-        self.count += 1
-        self.n_averaged.fill_(self.count)
-
-    def load_state_dict(self, state_dict, strict=True):
-        result = super().load_state_dict(state_dict, strict)
-        self.count = int(self.n_averaged)  # one read, when a run resumes
-        return result
-
-
-def own_cuda_state(saved, device):
-    """This process's CUDA generator state from a state's list: one entry (the GPU the run
-    used), or, in states written before that, one per GPU of the saving host."""
-    if len(saved) == 1:
-        return saved[0]
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return saved[min(index, len(saved) - 1)]
-
+# --- The run ------------------------------------------------------------------------------
 
 class Trainer:
-    """One training run: model, optimizer, NT-ASGD average and the bookkeeping that a
-    training state saves and restores. `settings` is the run's full settings dict; under
-    torchrun, `group` is the processes that share the run (distributed.Group)."""
+    """One training run: model, optimizer, schedule, NT-ASGD average and the bookkeeping
+    that a training state saves and restores. `settings` is the run's full settings dict;
+    under torchrun, `group` is the processes that share the run (devices.Group)."""
 
     def __init__(self, settings, corpus, device, weights=None, group=SINGLE):
         self.s = s = settings
-        self.corpus = corpus
-        self.device = device
-        self.group = group
+        self.corpus, self.device, self.group = corpus, device, group
         torch.manual_seed(s["seed"])
         self.model = build_model(model_config(s, len(corpus.dictionary)))
         if self.model.adaptive:  # the adaptive softmax wants words in frequency order
@@ -195,31 +127,28 @@ class Trainer:
             self.model.load_state_dict(weights)
         if group.size > 1:  # the same weights everywhere, but each process its own dropout
             torch.manual_seed(s["seed"] + group.rank)
-        # What a training step calls: the model with its loss and AR/TAR, which
-        # join_processes wraps in DistributedDataParallel under torchrun.
+        # What a training step calls: join_processes wraps it in DDP under torchrun.
         self.objective = Objective(self.model, s["alpha"], s["beta"])
         self.optimizer = make_optimizer(s, self.model.parameters())
-        self.plan = None  # budget.plan's schedule (a budget or --schedule onecycle)
-        self.scheduler = None  # OneCycleLR under --schedule onecycle
+        self.plan = None  # budget.plan's schedule (a budget, onecycle or 1cycle)
+        self.scheduler = None  # the per-step lr schedule of onecycle and 1cycle
         self.deadline = None  # time.time() by which training must stop (a budget)
         self.out_of_time = False
         self.rng = np.random.default_rng(s["seed"])  # variable BPTT lengths
         # (steps, batch) or, under torchrun, this process's columns of it
         self.train_data = batchify(corpus.train, s["batch_size"])[
             :, group.columns(s["batch_size"])].contiguous().to(device)
-        self.averaged = None  # RunningAverage from the NT-ASGD switch (or fine-tuning) on
+        self.averaged = RunningAverage(self.model) if s["finetune"] else None
         self.lr = s["lr"]
         self.epoch = 0  # epochs completed
-        self.position = None  # where an interrupted epoch stopped
+        self.position = None  # where an interrupted epoch stopped (Position)
         self.valid_history = []  # validation losses of completed epochs
         self.best_valid_loss = math.inf
         self.metrics = []  # one row per completed epoch (runlog.FIELDS)
         self.steps = 0  # training batches of the whole run
-        self.done = False  # fine-tuning ended at its trigger
+        self.done = False  # fine-tuning ended at its trigger, or a budget ran out
         self.resumed = False  # restored from a state, until the next epoch ends
-        self.provenance = []  # provenance.record of the start and of each resume
-        if s["finetune"]:
-            self.averaged = RunningAverage(self.model)
+        self.provenance = []  # checkpoint.provenance_record's, of the start and each resume
 
     def join_processes(self):
         """Under torchrun, train through DistributedDataParallel, whose construction copies
@@ -236,73 +165,6 @@ class Trainer:
     def model_path(self):
         return self.s["save"]
 
-    # Checkpoints ---------------------------------------------------------------------------
-
-    def pack(self, kind, **contents):
-        return checkpoint.pack(kind, self.model.config, self.corpus.dictionary.idx2word, self.s,
-                               provenance=list(self.provenance), **contents)
-
-    def model_checkpoint(self, valid_loss):
-        return self.pack("model", model=self.eval_model.state_dict(), epoch=self.epoch + 1,
-                         valid_loss=valid_loss, valid_ppl=ppl(valid_loss))
-
-    def state(self):
-        """The training state (every process must call this together under torchrun: each
-        one's random state goes into it)."""
-        # the generator of the one GPU this process uses (a host may have more)
-        own = dict(torch=torch.get_rng_state(),
-                   cuda=[torch.cuda.get_rng_state(self.device)]
-                   if self.device.type == "cuda" else [])
-        rng = dict(own, numpy=self.rng.bit_generator.state)
-        if self.group.size > 1:  # each process draws its own dropout masks
-            rng["processes"] = self.group.gather(own)
-        return self.pack(
-            "state", model=self.model.state_dict(),
-            averaged=self.averaged.state_dict() if self.averaged is not None else None,
-            optimizer=self.optimizer.state_dict(), lr=self.lr, epoch=self.epoch,
-            position=self.position, valid_history=self.valid_history,
-            best_valid_loss=self.best_valid_loss, metrics=self.metrics, steps=self.steps,
-            done=self.done, plan=self.plan,
-            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-            rng=rng)
-
-    def load_state(self, state):
-        self.model.load_state_dict(state["model"])
-        if state["averaged"] is not None:
-            self.averaged = RunningAverage(self.model)
-            self.averaged.load_state_dict(state["averaged"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr, self.epoch, self.valid_history = (
-            state["lr"], state["epoch"], state["valid_history"])
-        self.best_valid_loss, self.metrics, self.done = (
-            state["best_valid_loss"], state["metrics"], state["done"])
-        # states written before these existed lack them
-        self.steps = state.get("steps", 0)
-        self.provenance = list(state.get("provenance", []))
-        if state.get("plan") is not None:
-            self.set_plan(state["plan"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-        self.resumed = True
-        self.position = state["position"]
-        if self.position is not None:  # the whole batch's state: take this process's columns
-            columns = self.group.columns(self.s["batch_size"])
-            self.position["hidden"] = map_hidden(
-                lambda t: t[:, columns].contiguous().to(self.device), self.position["hidden"])
-        rng = state["rng"]
-        self.rng.bit_generator.state = rng["numpy"]  # the BPTT lengths: one stream for all
-        saved = rng.get("processes") or [rng]
-        if len(saved) == self.group.size:
-            own = saved[self.group.rank]
-            torch.set_rng_state(own["torch"])
-            if own["cuda"] and self.device.type == "cuda":
-                torch.cuda.set_rng_state(own_cuda_state(own["cuda"], self.device), self.device)
-        else:
-            print(f"note: the state was saved by {plural(len(saved), 'process')} and this "
-                  f"run has {self.group.size}: training continues from the same weights and "
-                  "place, but dropout draws other masks than the saved run would have")
-            torch.manual_seed(self.s["seed"] + self.steps + self.group.rank)
-
     def steps_per_epoch(self, max_batches=None):
         """Training steps of one full epoch (an estimate under variable BPTT), at most
         `max_batches`."""
@@ -311,37 +173,116 @@ class Trainer:
         return min(expected, max_batches) if max_batches else expected
 
     def set_plan(self, plan):
-        """Fix the run's schedule (budget.plan): epochs, steps per epoch, the averaging
-        start, and for --schedule onecycle the learning-rate cycle over the planned steps."""
+        """Fix the run's plan (budget.plan): epochs, steps per epoch, the averaging start,
+        and the lr schedule over the planned steps."""
         self.plan = plan
-        if self.s["schedule"] == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=self.s["lr"], total_steps=max(plan["total_steps"], 1),
-                pct_start=self.s["warmup"],
-                cycle_momentum=not isinstance(self.optimizer, torch.optim.SGD))
-        elif self.s["schedule"] == "1cycle":
-            self.scheduler = OneCycle(self.optimizer, max(plan["total_steps"], 1))
+        self.scheduler = make_scheduler(self.s, self.optimizer, plan["total_steps"])
 
-    def averaging_due(self):
-        """A planned run averages from its planned step (NT-ASGD may start it earlier);
-        anneal and 1cycle never average."""
-        return (self.plan is not None and self.s["schedule"] in AVERAGING
-                and self.steps >= self.plan["average_from"])
+    @property
+    def averages(self):
+        """Whether the run's schedule averages the weights (a planned run from its planned
+        step on, NT-ASGD maybe earlier)."""
+        return self.s["schedule"] in AVERAGING
+
+    def current_lr(self):
+        return self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.lr
 
     def measure_start(self):
         """Fine-tuning: the validation loss of the starting weights, which an epoch must beat
         to be saved (so <stem>-finetune.pt is never worse than the model it came from)."""
-        self.best_valid_loss = evaluate(self.eval_model, self.corpus.valid,
+        self.best_valid_loss = mean_nll(self.eval_model, self.corpus.valid,
                                         self.s["eval_batch_size"], self.s["bptt"],
                                         progress="validating the start", group=self.group)
         return self.best_valid_loss
 
-    def save_state(self):
-        state = self.state()
-        if self.group.main:
-            checkpoint.save(checkpoint.state_path(self.model_path), state)
+    # Training ------------------------------------------------------------------------------
 
-    # Divergence ----------------------------------------------------------------------------
+    def train_epoch(self, stop, max_batches, log_interval, on_progress=None, save_every=None):
+        """One pass over the training split (or what is left of an interrupted one). Every
+        `log_interval` batches comes a sync point (`sync`): the loss is read, checked and
+        its mean so far passed to `on_progress(step, loss, lr, tokens_per_s)`. Every
+        `save_every` seconds (if given) the state is saved mid-epoch, to resume from exactly
+        like an end-of-epoch state. Returns the mean training loss, or None when stopped by
+        a signal (`stop`). A stop, a passed deadline and a due save take effect after the
+        batch that sees them on one process; under torchrun at the next sync point."""
+        s, group, data = self.s, self.group, self.train_data
+        self.model.train()
+        if self.position is None:
+            self.position = Position(hidden=self.model.init_hidden(data.size(1)))
+        sums = EpochSums(self.position, group, self.device)
+        hidden, row, last_save = self.position.hidden, self.position.index, time.time()
+        seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
+        if self.plan is not None:
+            max_batches = self.plan["batches_per_epoch"]
+        left = None if max_batches is None else max(max_batches - sums.batches, 0)
+        at_end = stopping = False
+        with progress_bar(total=self.steps_per_epoch(max_batches), initial=sums.batches,
+                          desc=f"epoch {self.epoch + 1}" if group.main else None,
+                          unit="batch") as bar:
+            for row, inputs, targets in itertools.islice(
+                    windows(data, seq_len, start=row, min_len=MIN_WINDOW), left):
+                base_lr = self.current_lr()
+                lr = base_lr * inputs.size(0) / s["bptt"]  # a short window takes a smaller step
+                loss, hidden = train_step(self.objective, self.optimizer, inputs, targets,
+                                          hidden, lr, s["clip"], s["precision"])
+                self.after_step()
+                sums.add(loss, targets.numel())
+                row += inputs.size(0)
+                bar.update(1)
+                at_end = data.size(0) - 1 - row < MIN_WINDOW or sums.batches == max_batches
+                requests = (  # what this process alone may have seen: stop, late, save due
+                    stop.requested, self.deadline is not None and time.time() >= self.deadline,
+                    save_every is not None and time.time() - last_save >= save_every)
+                if sums.batches % log_interval and not at_end and not (
+                        group.size == 1 and any(requests)):
+                    continue
+                stopping, late, save_due = self.sync(sums, requests, base_lr, bar, on_progress)
+                if late:
+                    self.out_of_time = at_end = True  # a budget: end the epoch here
+                if stopping or self.out_of_time:
+                    break
+                if save_due and not at_end:  # (the end of the epoch saves the state anyway)
+                    self.position = sums.position(row, hidden, group)
+                    self.save_state()
+                    last_save = time.time()
+        self.position = sums.position(row, hidden, group)
+        if stopping and not at_end:
+            return None
+        return self.position.loss_sum / self.position.tokens
+
+    def after_step(self):
+        """The schedule's step and the weight average's update, after every training step."""
+        if self.scheduler is not None and self.steps + 1 < self.scheduler.total_steps:
+            self.scheduler.step()
+        planned_average = (self.plan is not None and self.averages
+                           and self.steps >= self.plan["average_from"])
+        if self.averaged is None and planned_average:  # (NT-ASGD may have started it)
+            self.averaged = RunningAverage(self.model)
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
+        self.steps += 1
+
+    def sync(self, sums, requests, lr, bar, on_progress):
+        """A sync point, the loop's one wait for the device: under torchrun the processes
+        add up their losses, tokens and requests here. Checks the mean loss since the last
+        check for divergence, shows the progress (with the step's base `lr`), and returns
+        the requests that any process made: (stop, late, save due)."""
+        counts = torch.tensor([sums.tokens, *requests], dtype=torch.float64, device=self.device)
+        totals = self.group.sum(torch.cat([sums.loss_sum.view(1), counts])).tolist()
+        sums.total, sums.all_tokens = totals[0], round(totals[1])
+        checked_sum, checked_tokens, checked_batches = sums.checked
+        recent = (sums.total - checked_sum) / (sums.all_tokens - checked_tokens)
+        if self.diverged(recent):
+            raise self.divergence(f"the mean training loss of batches {checked_batches + 1}-"
+                                  f"{sums.batches}", recent)
+        sums.checked = (sums.total, sums.all_tokens, sums.batches)
+        mean_loss = sums.total / sums.all_tokens
+        tokens_per_s = sums.all_tokens / max(time.time() - sums.started, 1e-9)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}", lr=f"{lr:g}",
+                        tok_s=f"{tokens_per_s:,.0f}")
+        if on_progress is not None:
+            on_progress(self.steps, mean_loss, lr, tokens_per_s)
+        return tuple(v > 0 for v in totals[2:])
 
     def diverged(self, loss):
         """A mean loss that shows the run blew up: not finite, or DIVERGED nats above that of
@@ -361,151 +302,92 @@ class Trainer:
                if kept else "; it had written no checkpoint yet")
             + ". Try a lower --lr or --clip")
 
-    # Training ------------------------------------------------------------------------------
-
-    def train_epoch(self, stop, max_batches, log_interval, on_progress=None, save_every=None):
-        """One pass over the training split (or what is left of an interrupted one).
-        Every `log_interval` batches the loss is read (the one host sync), checked for
-        divergence and its mean so far passed to `on_progress(step, loss, lr, tokens_per_s)`.
-        Every `save_every` seconds (if given) the training state is saved mid-epoch, to
-        resume from exactly like an end-of-epoch state. Returns the mean training loss,
-        or None when stopped by a signal (`stop`).
-
-        A stop, a passed deadline and a due save are requests that one process may see
-        before the others; on one process they take effect after the batch that sees them,
-        under torchrun at the next check point (every `log_interval` batches, and at the end
-        of the epoch), where the processes add up their losses and requests."""
-        s, group, data = self.s, self.group, self.train_data
-        self.model.train()
-        if self.position is None:
-            self.position = dict(index=0, batches=0, loss_sum=0.0, tokens=0, seconds=0.0,
-                                 hidden=self.model.init_hidden(data.size(1)))
-        pos = self.position
-        hidden, row, batches = pos["hidden"], pos["index"], pos["batches"]
-        # The epoch's loss sum and tokens so far over all processes, as of the last check
-        # point; and this process's own, of which the main one also carries those from
-        # before a resume (so that adding up the processes counts them once).
-        total, all_tokens = pos["loss_sum"], pos["tokens"]
-        loss_sum = torch.tensor(total if group.main else 0.0, dtype=torch.float64,
-                                device=self.device)
-        tokens = all_tokens if group.main else 0
-        started = time.time() - pos["seconds"]
-        # the loss sum, tokens and batches at the last divergence check
-        checked_sum, checked_tokens, checked_batches = total, all_tokens, batches
-        last_save = time.time()
-
-        def position():  # where the epoch stands, for a saved state to continue from
-            # (the hidden state in float32 whatever the precision, which may change on resume)
-            return dict(index=row, batches=batches, loss_sum=total, tokens=all_tokens,
-                        seconds=time.time() - started,
-                        hidden=map_hidden(lambda h: group.gather_columns(h.detach().float()),
-                                          hidden))
-
-        seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
-        if self.plan is not None:
-            max_batches = self.plan["batches_per_epoch"]
-        bar = progress_bar(total=self.steps_per_epoch(max_batches), initial=batches,
-                           desc=f"epoch {self.epoch + 1}" if group.main else None, unit="batch")
-        left = None if max_batches is None else max(max_batches - batches, 0)
-        at_end = stopping = False
-        for row, inputs, targets in itertools.islice(
-                windows(data, seq_len, start=row, min_len=MIN_WINDOW), left):
-            base_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.lr
-            lr = base_lr * inputs.size(0) / s["bptt"]  # a short window takes a smaller step
-            loss, hidden = train_step(self.objective, self.optimizer, inputs, targets, hidden,
-                                      lr, s)
-            if self.scheduler is not None and self.steps + 1 < self.scheduler.total_steps:
-                self.scheduler.step()
-            if self.averaged is None and self.averaging_due():
-                self.averaged = RunningAverage(self.model)
-            if self.averaged is not None:
-                self.averaged.update_parameters(self.model)
-            loss_sum += loss.double() * targets.numel()
-            tokens += targets.numel()
-            row += inputs.size(0)
-            batches += 1
-            self.steps += 1
-            bar.update(1)
-            at_end = data.size(0) - 1 - row < MIN_WINDOW or batches == max_batches
-            requests = (  # what this process alone may have seen: stop, late, save due
-                stop.requested, self.deadline is not None and time.time() >= self.deadline,
-                save_every is not None and time.time() - last_save >= save_every)
-            if batches % log_interval == 0 or at_end or (group.size == 1 and any(requests)):
-                # A check point, the one host sync; under torchrun the processes add up
-                # their losses, tokens and requests, and act on them together.
-                counts = torch.tensor([tokens, *requests], dtype=torch.float64,
-                                      device=self.device)
-                sums = group.sum(torch.cat([loss_sum.view(1), counts])).tolist()
-                total, all_tokens = sums[0], round(sums[1])
-                stopping, late, save_due = (v > 0 for v in sums[2:])
-                recent = (total - checked_sum) / (all_tokens - checked_tokens)
-                if self.diverged(recent):
-                    bar.close()
-                    raise self.divergence(f"the mean training loss of batches "
-                                          f"{checked_batches + 1}-{batches}", recent)
-                checked_sum, checked_tokens, checked_batches = total, all_tokens, batches
-                mean_loss = total / all_tokens
-                tokens_per_s = all_tokens / max(time.time() - started, 1e-9)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}",
-                                lr=f"{base_lr:g}", tok_s=f"{tokens_per_s:,.0f}")
-                if on_progress is not None:
-                    on_progress(self.steps, mean_loss, base_lr, tokens_per_s)
-                if late:
-                    self.out_of_time = at_end = True  # a budget: end the epoch here
-                if stopping or self.out_of_time:
-                    break
-                if save_due and not at_end:  # (the end of the epoch saves the state anyway)
-                    self.position = position()
-                    self.save_state()
-                    last_save = time.time()
-        bar.close()
-        self.position = position()
-        if stopping and not at_end:
-            return None
-        return self.position["loss_sum"] / self.position["tokens"]
-
     def end_epoch(self, train_loss):
-        """Validate, save the best model, apply the schedule; returns the epoch's metrics row."""
+        """Validate, save the best model, apply the schedule's decisions; returns the
+        epoch's metrics row, whose saved, switched and out_of_time fields say what happened
+        (and its event, in words)."""
         s = self.s
-        seconds, validation_started = self.position["seconds"], time.time()
-        # the lr of the epoch (under onecycle: where the cycle stands at its end)
-        epoch_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.lr
-        valid_loss = evaluate(self.eval_model, self.corpus.valid, s["eval_batch_size"],
+        seconds, validation_started = self.position.seconds, time.time()
+        epoch_lr = self.current_lr()  # (under onecycle: where the cycle stands at its end)
+        valid_loss = mean_nll(self.eval_model, self.corpus.valid, s["eval_batch_size"],
                               s["bptt"], progress="validating", group=self.group)
         if self.diverged(valid_loss):
             raise self.divergence("the validation loss", valid_loss)
-        mode, event = ("ASGD" if self.averaged is not None else "SGD"), ""
-        if valid_loss < self.best_valid_loss:
+        mode = "ASGD" if self.averaged is not None else "SGD"
+        saved = valid_loss < self.best_valid_loss
+        if saved:
             self.best_valid_loss = valid_loss
             if self.group.main:
                 checkpoint.save(self.model_path, self.model_checkpoint(valid_loss))
-            event = "saved"
         trigger = should_start_averaging(self.valid_history, valid_loss, s["nonmono"])
-        if s["finetune"] and trigger:
-            self.done = True
-            event = "fine-tuning done"
-        elif s["schedule"] == "ntasgd" and self.averaged is None and trigger:
+        finetune_done = bool(s["finetune"]) and trigger
+        switched = (not finetune_done and s["schedule"] == "ntasgd" and self.averaged is None
+                    and trigger)
+        lr_cut = not finetune_done and s["schedule"] == "anneal" and not saved
+        if switched:
             self.averaged = RunningAverage(self.model)  # averages the iterates from here on
-            event = "switch to ASGD"
-        elif s["schedule"] == "anneal" and event != "saved":
+        if lr_cut:
             self.lr /= 4
-            event = "lr / 4"
+        self.done = self.done or finetune_done or self.out_of_time
+        event = ("fine-tuning done" if finetune_done else "switch to ASGD" if switched else
+                 "lr / 4" if lr_cut else "saved" if saved else "")
         if self.out_of_time:
-            self.done = True
             event = "out of time" + (f"; {event}" if event else "")
         self.valid_history.append(valid_loss)
         # Wall time of the run so far: training and validation of every epoch (not the
         # time a stopped run spent waiting for its resume).
         elapsed = (self.metrics[-1].get("elapsed_s", 0.0) if self.metrics else 0.0) + \
             seconds + time.time() - validation_started
+        yes = {True: "yes", False: ""}
         row = dict(epoch=self.epoch + 1, seconds=round(seconds, 2),
-                   tokens_per_s=round(self.position["tokens"] / max(seconds, 1e-9)),
+                   tokens_per_s=round(self.position.tokens / max(seconds, 1e-9)),
                    train_loss=round(train_loss, 5), train_ppl=round(ppl(train_loss), 3),
                    valid_loss=round(valid_loss, 5), valid_ppl=round(ppl(valid_loss), 3),
                    lr=epoch_lr, mode=mode, event=event, elapsed_s=round(elapsed, 2),
-                   resumed="yes" if self.resumed else "")
+                   resumed=yes[self.resumed], saved=yes[saved], switched=yes[switched],
+                   out_of_time=yes[self.out_of_time])
         self.metrics.append(row)
         self.epoch += 1
         self.position = None
         self.resumed = False
         return row
+
+    # The training state ----------------------------------------------------------------------
+
+    def pack(self, kind, **contents):
+        return checkpoint.pack(kind, self.model.config, self.corpus.dictionary.idx2word, self.s,
+                               provenance=list(self.provenance), **contents)
+
+    def model_checkpoint(self, valid_loss):
+        return self.pack("model", model=self.eval_model.state_dict(), epoch=self.epoch + 1,
+                         valid_loss=valid_loss, valid_ppl=ppl(valid_loss))
+
+    def save_state(self, path=None):
+        """Write the training state (checkpoint.training_state) to `path`, by default the
+        run's state file; the main process writes, but under torchrun every process must call
+        this together: each one's random state goes into it."""
+        state = checkpoint.training_state(self)
+        if self.group.main:
+            checkpoint.save(path or checkpoint.state_path(self.model_path), state)
+
+    def load_state(self, state):
+        """Continue from a training state exactly (on as many processes as saved it)."""
+        saved_by = checkpoint.restore(self, state)
+        if saved_by != self.group.size:
+            print(f"note: the state was saved by {plural(saved_by, 'process')} and this "
+                  f"run has {self.group.size}: training continues from the same weights and "
+                  "place, but dropout draws other masks than the saved run would have")
+            torch.manual_seed(self.s["seed"] + self.steps + self.group.rank)
+
+    def spare_copy(self):
+        """A throwaway copy of the model (its LSTM weights packed for cuDNN, as the trained
+        one's are), with its objective (wrapped as under torchrun) and a fresh optimizer: what
+        budget.measure times steps on, leaving the run untouched."""
+        model = pack_lstm_weights(copy.deepcopy(self.model)).train()
+        objective = self.group.wrap(Objective(model, self.s["alpha"], self.s["beta"]),
+                                    find_unused_parameters=model.adaptive)
+        return model, objective, make_optimizer(self.s, model.parameters())
+
+    @property
+    def n_parameters(self):
+        return count_parameters(self.model)

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import bench
-from bptt import Objective, train_step
-from config import PRESETS
 from model import build_model
+from settings import defaults
+from trainer import Objective, train_step
 
 
 def test_the_example_style_step_computes_the_same_update_as_train_step():
-    s = dict(PRESETS["lstm"], dropout=0.0)
+    s = dict(defaults("lstm"), dropout=0.0)
     torch.manual_seed(0)
     inputs, targets = torch.randint(0, 50, (7, 3)), torch.randint(0, 50, (7, 3))
     updated = []
@@ -22,7 +22,7 @@ def test_the_example_style_step_computes_the_same_update_as_train_step():
                                  dropout=0.0, tied=True))
         optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"])
         loss, _ = step(Objective(model, 0.0, 0.0), optimizer, inputs, targets,
-                       model.init_hidden(3), s["lr"], s)
+                       model.init_hidden(3), s["lr"], s["clip"], "torch")
         updated.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*updated):
         assert torch.allclose(a, b, atol=1e-6)

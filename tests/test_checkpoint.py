@@ -1,12 +1,16 @@
-"""Tests of checkpoint.py: atomic writes, plain-data loading, clear refusals."""
+"""Tests of checkpoint.py: atomic writes, plain-data loading, clear refusals, the provenance a
+run records, the training state."""
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 import checkpoint
 from checkpoint import CheckpointError
+from data import Corpus
 from model import AWDLSTM
 
 
@@ -82,20 +86,6 @@ def test_a_training_state_is_not_a_model_and_vice_versa(tmp_path):
 
 # --- Checkpoints edited by hand, in every entry point that reads one ---------------------
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A tiny run: its model checkpoint and its training state."""
-    import train
-    root = tmp_path_factory.mktemp("run")
-    line = "a b c d e f g h i j\n"
-    for name, repeat in (("train.txt", 40), ("valid.txt", 10), ("test.txt", 10)):
-        (root / name).write_text(line * repeat)
-    train.main(["--model", "awd", "--data", str(root), "--emsize", "8", "--nhid", "12",
-                "--batch_size", "4", "--bptt", "8", "--epochs", "1", "--save",
-                str(root / "awd.pt")])
-    return root
-
-
 def without_vocab(c):
     del c["vocab"]
 
@@ -137,9 +127,10 @@ def run_entry_point(tool, path, root):
 
 @pytest.mark.parametrize("edit, fragment", EDITS, ids=[e.__name__ for e, _ in EDITS])
 @pytest.mark.parametrize("tool", ["generate", "evaluate", "finetune", "resume"])
-def test_a_checkpoint_edited_by_hand_is_one_clean_error_everywhere(trained_run, tmp_path, tool,
-                                                                   edit, fragment):
-    source = trained_run / ("awd.state.pt" if tool == "resume" else "awd.pt")
+def test_a_checkpoint_edited_by_hand_is_one_clean_error_everywhere(trained, tmp_path, tool, edit,
+                                                                   fragment):
+    model = trained["awd"]  # (conftest.py's tiny run)
+    source = Path(checkpoint.state_path(model) if tool == "resume" else model)
     edited = torch.load(source, weights_only=True)
     edit(edited)
     path = str(tmp_path / source.name)
@@ -151,3 +142,38 @@ def test_a_checkpoint_edited_by_hand_is_one_clean_error_everywhere(trained_run, 
     assert path in message and fragment in message
     assert open(path, "rb").read() == before
     assert sorted(os.listdir(tmp_path)) == [source.name]  # nothing else written
+
+
+# --- Provenance -------------------------------------------------------------------------------
+
+def corpus_in(make_corpus, test_text="c d\n"):
+    return Corpus(make_corpus("a b c d\n", "a b\n", test_text))
+
+
+def test_a_record_is_plain_data_with_every_key(tmp_path, make_corpus):
+    record = checkpoint.provenance_record("python train.py", torch.device("cpu"), "2 threads",
+                                          corpus_in(make_corpus))
+    assert set(record) == set(checkpoint.PROVENANCE_KEYS + checkpoint.ADDED_PROVENANCE_KEYS)
+    torch.save(record, tmp_path / "r.pt")  # checkpoints must load with weights_only=True
+    assert torch.load(tmp_path / "r.pt", weights_only=True) == record
+    assert re.fullmatch(r"none|[0-9a-f]{40}( \(with uncommitted changes\))?", record["commit"])
+    assert record["torch"] == torch.__version__ and record["date"].endswith("Z")
+
+
+def test_describe_names_the_start_and_each_resume(make_corpus):
+    record = checkpoint.provenance_record("python train.py", torch.device("cpu"), "2 threads",
+                                          corpus_in(make_corpus))
+    resumed = dict(record, command="python train.py --resume s")
+    lines = checkpoint.describe_provenance([record, resumed])
+    assert lines[0].startswith("started ") and lines[0].endswith(": python train.py")
+    assert lines[3].startswith("resumed ") and lines[3].endswith("--resume s")
+    assert checkpoint.describe_provenance([])[0].startswith("no provenance recorded")
+
+
+def test_other_data_are_noticed_by_their_sha256(make_corpus):
+    trained = corpus_in(make_corpus)
+    entries = [checkpoint.provenance_record("x", torch.device("cpu"), "2 threads", trained)]
+    assert checkpoint.data_differs(entries, corpus_in(make_corpus), "test") is None
+    other = corpus_in(make_corpus, test_text="d c\n")
+    assert "differs" in checkpoint.data_differs(entries, other, "test")
+    assert checkpoint.data_differs([], other, "test") is None  # nothing recorded to compare

@@ -15,56 +15,57 @@ import checkpoint
 import runlog
 import train
 from bench import CudnnRepacks
-from bptt import Objective, train_step, windows
-from config import PRESETS
-from data import DEFAULT_DATA, Corpus, batchify
+from data import Corpus, batchify, windows
 from model import build_model, model_config
+from settings import DEFAULT_DATA, defaults
+from trainer import Objective, train_step
 
 pytestmark = pytest.mark.cuda
-TINY = ["--model", "awd", "--emsize", "32", "--nhid", "64", "--batch_size", "8", "--bptt", "16",
-        "--device", "cuda", "--seed", "5"]
+# conftest.py's tiny AWD-LSTM, a little wider, on the GPU
+ON_GPU = ["--emsize", "32", "--nhid", "64", "--batch_size", "8", "--bptt", "16", "--device",
+          "cuda", "--seed", "5"]
 
 
 @pytest.fixture
-def corpus(tmp_path):
+def gpu_tiny(tiny):
+    return tiny["awd"] + ON_GPU
+
+
+@pytest.fixture
+def corpus(make_corpus):
+    """A little structure to learn: each line repeats its first half."""
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(60)]
-    # A little structure to learn: each line repeats its first half.
-    lines = []
-    for _ in range(600):
-        half = " ".join(rng.choice(words, size=6))
-        lines.append(f"{half} {half}\n")
-    for name, part in (("train.txt", lines[:480]), ("valid.txt", lines[480:540]),
-                       ("test.txt", lines[540:])):
-        (tmp_path / name).write_text("".join(part))
-    return str(tmp_path)
+    lines = [f"{half} {half}\n" for half in (" ".join(rng.choice(words, size=6))
+                                             for _ in range(600))]
+    return make_corpus("".join(lines[:480]), "".join(lines[480:540]), "".join(lines[540:]))
 
 
 def valid_losses(path):
     return [float(r["valid_loss"]) for r in runlog.read_metrics(path)]
 
 
-def test_bf16_follows_the_fp32_validation_curve(corpus, tmp_path):
+def test_bf16_follows_the_fp32_validation_curve(corpus, tmp_path, gpu_tiny):
     for precision in ("fp32", "bf16"):
-        train.main(TINY + ["--data", corpus, "--epochs", "10", "--precision", precision,
+        train.main(gpu_tiny + ["--data", corpus, "--epochs", "10", "--precision", precision,
                            "--save", str(tmp_path / f"{precision}.pt")])
     fp32, bf16 = valid_losses(tmp_path / "fp32.csv"), valid_losses(tmp_path / "bf16.csv")
     for a, b in zip(fp32, bf16):
         assert abs(np.exp(b) / np.exp(a) - 1) < 0.02  # perplexities within 2%
 
 
-def test_no_cudnn_repack_warning_through_the_switch_and_fine_tuning(corpus, tmp_path):
+def test_no_cudnn_repack_warning_through_the_switch_and_fine_tuning(corpus, tmp_path, gpu_tiny):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train.main(TINY + ["--data", corpus, "--epochs", "6", "--nonmono", "1",
+        train.main(gpu_tiny + ["--data", corpus, "--epochs", "6", "--nonmono", "1",
                            "--save", str(tmp_path / "awd.pt")])
         train.main(["--finetune", str(tmp_path / "awd.pt"), "--epochs", "2", "--device", "cuda"])
     assert checkpoint.load(str(tmp_path / "awd.state.pt"), kind="state")["averaged"] is not None
     assert not [w for w in caught if "contiguous chunk of memory" in str(w.message)]
 
 
-def test_resume_on_cuda_matches_never_stopping(corpus, tmp_path):
-    common = TINY + ["--data", corpus, "--nonmono", "1"]
+def test_resume_on_cuda_matches_never_stopping(corpus, tmp_path, gpu_tiny):
+    common = gpu_tiny + ["--data", corpus, "--nonmono", "1"]
     train.main(common + ["--epochs", "4", "--save", str(tmp_path / "straight.pt")])
     train.main(common + ["--epochs", "2", "--save", str(tmp_path / "split.pt")])
     train.main(["--resume", str(tmp_path / "split.state.pt"), "--epochs", "4"])
@@ -74,7 +75,7 @@ def test_resume_on_cuda_matches_never_stopping(corpus, tmp_path):
         assert torch.allclose(a[name], b[name], rtol=1e-3, atol=1e-4), name
 
 
-def full_size_awd_steps(steps, precision, s=PRESETS["awd"]):
+def full_size_awd_steps(steps, precision, s=defaults("awd")):
     """`steps` training steps of the paper's AWD-LSTM on WikiText-2 on the GPU: the losses,
     the dtypes the last LSTM layer computed in, and the cuDNN re-packs counted in them."""
     corpus = Corpus(DEFAULT_DATA)
@@ -89,7 +90,7 @@ def full_size_awd_steps(steps, precision, s=PRESETS["awd"]):
     with CudnnRepacks() as repacks:
         for _, inputs, targets in itertools.islice(windows(data, s["bptt"]), steps):
             loss, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["lr"],
-                                      dict(s, precision=precision))
+                                      s["clip"], precision)
             losses.append(loss)
     return torch.stack(losses), dtypes, repacks.count
 
@@ -109,7 +110,7 @@ def test_no_training_step_repacks_the_lstm_weights(precision):
 
 
 def test_the_budgets_speed_is_measured_on_packed_weights(corpus, tmp_path):
-    settings = {**PRESETS["lstm"], **train.COMMON, "emsize": 32, "nhid": 32, "batch_size": 8,
+    settings = {**defaults("lstm"), "emsize": 32, "nhid": 32, "batch_size": 8,
                 "bptt": 16, "model": "lstm", "finetune": None, "save": str(tmp_path / "m.pt")}
     trainer = train.Trainer(settings, Corpus(corpus), torch.device("cuda"))
     with CudnnRepacks() as repacks:
@@ -117,7 +118,7 @@ def test_the_budgets_speed_is_measured_on_packed_weights(corpus, tmp_path):
     assert repacks.count == 0
 
 
-def test_a_state_holds_the_random_state_of_its_own_gpu_only(corpus, tmp_path):
-    train.main(TINY + ["--data", corpus, "--epochs", "1", "--save", str(tmp_path / "m.pt")])
+def test_a_state_holds_the_random_state_of_its_own_gpu_only(corpus, tmp_path, gpu_tiny):
+    train.main(gpu_tiny + ["--data", corpus, "--epochs", "1", "--save", str(tmp_path / "m.pt")])
     rng = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")["rng"]
     assert len(rng["cuda"]) == 1

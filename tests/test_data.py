@@ -1,24 +1,21 @@
-"""Tests of data.py: corpus loading and counts, errors, batching, WikiText tokenisation."""
+"""Tests of data.py: corpus loading and counts, errors, batching, WikiText tokenisation, windows
+for truncated BPTT, the exact scoring of a split."""
 
+import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
 import data
 from data import (EOS, UNK, Corpus, CorpusError, Vocabulary, batchify, detokenize,
-                  get_batch, tokenize)
+                  get_batch, mean_nll, sample_seq_len, scored_targets, tokenize, windows)
+from model import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIKITEXT2 = os.path.join(REPO, "data", "wikitext-2")
 PENN = os.path.join(REPO, "..", "shared", "data", "penn")
-
-
-def write_corpus(root, train, valid, test, names=("train.txt", "valid.txt", "test.txt")):
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in zip(names, (train, valid, test)):
-        (root / name).write_text(text, encoding="utf-8")
-    return str(root)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +54,8 @@ def test_penn_treebank_layout_and_counts():
     assert (len(penn.train), len(penn.valid), len(penn.test)) == (929589, 73760, 82430)
 
 
-def test_vocabulary_comes_from_train_and_unknown_words_map_to_unk(tmp_path, capsys):
-    path = write_corpus(tmp_path / "c", "a b a\nc\n", "a z\n", "y y b\n")
+def test_vocabulary_comes_from_train_and_unknown_words_map_to_unk(capsys, make_corpus):
+    path = make_corpus("a b a\nc\n", "a z\n", "y y b\n")
     corpus = Corpus(path)
     vocab = corpus.dictionary
     assert vocab.idx2word == ["a", "b", EOS, "c", UNK]  # order of first appearance
@@ -68,9 +65,9 @@ def test_vocabulary_comes_from_train_and_unknown_words_map_to_unk(tmp_path, caps
     assert "1 in valid, 2 in test" in capsys.readouterr().err
 
 
-def test_wikitext_layout_is_recognised(tmp_path):
+def test_wikitext_layout_is_recognised(make_corpus):
     names = ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")
-    corpus = Corpus(write_corpus(tmp_path / "w", " x y \n\n", "x\n", "y\n", names))
+    corpus = Corpus(make_corpus(" x y \n\n", "x\n", "y\n", names=names))
     assert corpus.dictionary.decode(corpus.train) == ["x", "y", EOS, EOS]
 
 
@@ -84,6 +81,9 @@ def test_wikitext_layout_is_recognised(tmp_path):
 def test_bad_corpus_gives_an_error_naming_the_path(tmp_path, case, fragment):
     root = tmp_path / "corpus"
     root.mkdir()
+    texts = {"empty_split": ("a b\n", "\n\n", "a\n"), "not_utf8": ("a b\n", "a\n", "a\n")}
+    for name, text in zip(("train.txt", "valid.txt", "test.txt"), texts.get(case, ())):
+        (root / name).write_text(text)
     if case == "missing_dir":
         root = tmp_path / "nowhere"
         culprit = root
@@ -95,10 +95,8 @@ def test_bad_corpus_gives_an_error_naming_the_path(tmp_path, case, fragment):
         (root / "notes.md").write_text("a\n")
         culprit = root
     elif case == "empty_split":
-        write_corpus(root, "a b\n", "\n\n", "a\n")
         culprit = root / "valid.txt"
     else:
-        write_corpus(root, "a b\n", "a\n", "a\n")
         (root / "test.txt").write_bytes(b"caf\xe9 latte\n")
         culprit = root / "test.txt"
     with pytest.raises(CorpusError) as error:
@@ -167,8 +165,8 @@ def test_tokenize_inverts_detokenize_on_real_lines():
 
 
 def test_a_large_corpus_is_cached_and_the_cache_follows_the_files(tmp_path, monkeypatch,
-                                                                  capsys):
-    path = write_corpus(tmp_path / "c", "a b a\nc\n", "a z\n", "y y b\n")
+                                                                  capsys, make_corpus):
+    path = make_corpus("a b a\nc\n", "a z\n", "y y b\n")
     first = Corpus(path, cache_min_bytes=0)  # every corpus counts as large here
     assert os.path.exists(os.path.join(path, data.CACHE_NAME))
 
@@ -184,11 +182,69 @@ def test_a_large_corpus_is_cached_and_the_cache_follows_the_files(tmp_path, monk
     assert again.sha256 == first.sha256 and again.unk_replaced == first.unk_replaced
     assert "1 in valid, 2 in test" in capsys.readouterr().err  # said on every read
 
-    (tmp_path / "c" / "test.txt").write_text("c c\n")  # other files: the cache is stale
+    with open(os.path.join(path, "test.txt"), "w") as f:  # other files: the cache is stale
+        f.write("c c\n")
     changed = Corpus(path, cache_min_bytes=0)
     assert changed.dictionary.decode(changed.test) == ["c", "c", EOS]
     open(os.path.join(path, data.CACHE_NAME), "wb").write(b"damaged")
     assert torch.equal(Corpus(path, cache_min_bytes=0).test, changed.test)
-    small = write_corpus(tmp_path / "small", "a\n", "a\n", "a\n")
+    small = make_corpus("a\n", "a\n", "a\n")
     Corpus(small)  # below CACHE_MIN_BYTES: read directly, nothing written
     assert sorted(os.listdir(small)) == ["test.txt", "train.txt", "valid.txt"]
+
+
+# --- Windows for truncated BPTT ------------------------------------------------------------
+
+def test_windows_cover_every_target_once_and_carry_on_in_order():
+    source = batchify(torch.arange(103), 4)  # (25, 4)
+    rows = [(row, inputs, targets) for row, inputs, targets in windows(source, 7)]
+    assert [row for row, *_ in rows] == [0, 7, 14, 21]
+    assert torch.equal(torch.cat([t for *_, t in rows]), source[1:])
+    assert torch.equal(torch.cat([i for _, i, _ in rows]), source[:-1])
+
+
+def test_windows_draw_each_length_just_before_cutting_it():
+    source = batchify(torch.arange(200), 2)  # (100, 2)
+    lengths = iter([5, 30, 2, 100])
+    drawn = []
+
+    def draw():
+        drawn.append(next(lengths))
+        return drawn[-1]
+
+    sizes = [len(i) for _, i, _ in windows(source, draw, start=10)]
+    assert sizes == [5, 30, 2, 52] and drawn == [5, 30, 2, 100]
+
+
+def test_min_len_leaves_out_a_last_window_too_short():
+    source = batchify(torch.arange(22), 2)  # (11, 2): 10 targets per column
+    assert [len(i) for _, i, _ in windows(source, 3)] == [3, 3, 3, 1]
+    assert [len(i) for _, i, _ in windows(source, 3, min_len=2)] == [3, 3, 3]
+
+
+def test_variable_lengths_follow_the_awd_recipe():
+    rng = np.random.default_rng(0)
+    lengths = np.array([sample_seq_len(rng, 70) for _ in range(4000)])
+    assert lengths.min() >= 5
+    assert 0.03 < (lengths < 50).mean() < 0.07  # the bptt / 2 branch, p = 0.05
+    assert abs(np.median(lengths) - 69.5) < 1.5
+
+
+# --- Scoring a split ---------------------------------------------------------------------------
+
+def test_scored_targets_counts_what_batchify_keeps():
+    for n, batch in [(103, 4), (50, 1), (10, 10 // 2)]:
+        assert scored_targets(n, batch) == batchify(torch.arange(n), batch)[1:].numel()
+
+
+def test_mean_nll_is_exact_over_every_target(random_text):
+    torch.manual_seed(0)
+    corpus = Corpus(random_text)
+    model = build_model(dict(model="lstm", ntoken=len(corpus.dictionary),
+                                            emsize=8, nhid=8, nlayers=1)).eval()
+    data = corpus.test
+    with torch.no_grad():
+        out = model(data[:-1].view(-1, 1), model.init_hidden(1))
+    by_hand = -torch.log_softmax(out.logits[:, 0], -1)[torch.arange(len(data) - 1),
+                                                        data[1:]].mean().item()
+    assert math.isclose(mean_nll(model, data, 1, 7), by_hand, rel_tol=1e-5)

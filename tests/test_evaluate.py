@@ -3,39 +3,23 @@
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 
-import bptt
 import checkpoint
 import evaluate
-import train
-from config import float32_math, set_precision
-from data import Corpus, batchify
+from data import Corpus, batchify, mean_nll
+from devices import float32_math, set_precision
 from model import ModelOutput, WordScores, detach_hidden
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny AWD-LSTM trained on random words; its test split repeats one 15-word
-    sequence, so the words of each position recur within any cache window of 15+."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(40)]
-
-    def random_lines(n):
-        return "".join(" ".join(rng.choice(words, size=8)) + "\n" for _ in range(n))
-
-    motif = " ".join(rng.choice(words, size=15))
-    (root / "train.txt").write_text(random_lines(150))
-    (root / "valid.txt").write_text(random_lines(20))
-    (root / "test.txt").write_text((motif + "\n") * 12)
-    path = root / "awd.pt"
-    train.main(["--model", "awd", "--data", str(root), "--emsize", "16", "--nhid", "24",
-                "--batch_size", "4", "--bptt", "10", "--epochs", "2", "--save", str(path)])
-    model, _, saved = checkpoint.load_model(str(path))
-    return dict(path=str(path), model=model, corpus=Corpus(str(root)), root=str(root))
+def awd(trained):
+    """The tiny AWD-LSTM that conftest.py trains: its checkpoint's path, the model and the
+    corpus, whose test split repeats one 15-word sequence."""
+    model, _, _ = checkpoint.load_model(trained["awd"])
+    return dict(path=trained["awd"], model=model, corpus=Corpus(trained["data"]),
+                root=trained["data"])
 
 
 def segment_outputs(model, data):
@@ -45,8 +29,8 @@ def segment_outputs(model, data):
     return torch.softmax(out.logits[:, 0], -1), out.raw_output[:, 0], data[1:]
 
 
-def test_the_cache_mixed_distribution_sums_to_one_for_every_token(trained):
-    probs, states, targets = segment_outputs(trained["model"], trained["corpus"].test[:60])
+def test_the_cache_mixed_distribution_sums_to_one_for_every_token(awd):
+    probs, states, targets = segment_outputs(awd["model"], awd["corpus"].test[:60])
     for t in range(len(targets)):
         lo = max(0, t - 20)
         mixed = evaluate.cache_distribution(probs[t], states[lo:t], targets[lo:t], states[t],
@@ -54,9 +38,9 @@ def test_the_cache_mixed_distribution_sums_to_one_for_every_token(trained):
         assert mixed.min() >= 0 and math.isclose(mixed.sum().item(), 1.0, abs_tol=1e-5)
 
 
-def test_streaming_cache_matches_the_full_distribution_computed_by_hand(trained):
-    data = trained["corpus"].test[:90]
-    probs, states, targets = segment_outputs(trained["model"], data)
+def test_streaming_cache_matches_the_full_distribution_computed_by_hand(awd):
+    data = awd["corpus"].test[:90]
+    probs, states, targets = segment_outputs(awd["model"], data)
     window, theta, lam = 20, 0.7, 0.3
     by_hand = 0.0
     for t in range(len(targets)):
@@ -65,36 +49,36 @@ def test_streaming_cache_matches_the_full_distribution_computed_by_hand(trained)
                                             theta, lam)
         by_hand -= math.log(mixed[targets[t]].item())
     cache = evaluate.CachePointer(window, [theta], [lam])
-    bptt.evaluate(trained["model"], data, batch_size=1, bptt=7, on_segment=cache.add)
+    mean_nll(awd["model"], data, batch_size=1, bptt=7, on_segment=cache.add)
     assert math.isclose(cache.total_nll.item(), by_hand, rel_tol=1e-5)
 
 
-def test_lambda_zero_gives_the_plain_result(trained):
-    test = trained["corpus"].test
+def test_lambda_zero_gives_the_plain_result(awd):
+    test = awd["corpus"].test
     cache = evaluate.CachePointer(100, [0.662, 0.3], [0.0])
-    mean = bptt.evaluate(trained["model"], test, batch_size=2, bptt=9, on_segment=cache.add)
+    mean = mean_nll(awd["model"], test, batch_size=2, bptt=9, on_segment=cache.add)
     count = (len(test) // 2 - 1) * 2
     for row in cache.total_nll:
         assert math.isclose(row.item() / count, mean, rel_tol=1e-12)
 
 
-def test_the_cache_lowers_perplexity_on_repeating_text(trained):
+def test_the_cache_lowers_perplexity_on_repeating_text(awd):
     cache = evaluate.CachePointer(100, [0.5], [0.3])
-    test = trained["corpus"].test
-    mean = bptt.evaluate(trained["model"], test, 1, 70, on_segment=cache.add)
+    test = awd["corpus"].test
+    mean = mean_nll(awd["model"], test, 1, 70, on_segment=cache.add)
     assert cache.total_nll.item() / (len(test) - 1) < 0.9 * mean
 
 
-def test_plain_perplexity_scores_every_target_once(trained):
-    model, test = trained["model"], trained["corpus"].test
+def test_plain_perplexity_scores_every_target_once(awd):
+    model, test = awd["model"], awd["corpus"].test
     probs, _, targets = segment_outputs(model, test)  # one forward over the whole text
     by_hand = -probs[torch.arange(len(targets)), targets].log().mean().item()
-    assert math.isclose(bptt.evaluate(model, test, 1, 70), by_hand, rel_tol=1e-5)
+    assert math.isclose(mean_nll(model, test, 1, 70), by_hand, rel_tol=1e-5)
 
 
-def test_dynamic_evaluation_with_zero_learning_rate_is_plain(trained):
-    model, corpus = trained["model"], trained["corpus"]
-    plain = bptt.evaluate(model, corpus.test, 1, 5)
+def test_dynamic_evaluation_with_zero_learning_rate_is_plain(awd):
+    model, corpus = awd["model"], awd["corpus"]
+    plain = mean_nll(model, corpus.test, 1, 5)
     count = len(corpus.test) - 1
     tuned = evaluate.trainable_copy(model)
     rms = evaluate.gradient_rms(tuned, corpus.train, 4, 10, batches=5)
@@ -157,9 +141,9 @@ def test_decay_rates_are_proportional_to_the_rms_and_clipped_at_one():
     assert clipped[1][1].item() == 1.0 and torch.equal(clipped[0], unclipped[0])
 
 
-def test_gradient_rms_is_the_root_mean_square_over_windows(trained):
-    model = evaluate.trainable_copy(trained["model"])
-    train = trained["corpus"].train
+def test_gradient_rms_is_the_root_mean_square_over_windows(awd):
+    model = evaluate.trainable_copy(awd["model"])
+    train = awd["corpus"].train
     rms = evaluate.gradient_rms(model, train, 4, 10, batches=3)
     source = batchify(train, 4)
     squares, hidden = None, model.init_hidden(4)
@@ -175,9 +159,9 @@ def test_gradient_rms_is_the_root_mean_square_over_windows(trained):
         assert torch.allclose(r, (s / 3).sqrt())
 
 
-def test_dynamic_evaluation_adapts_to_repeating_text(trained):
-    model, corpus = trained["model"], trained["corpus"]
-    plain = bptt.evaluate(model, corpus.test, 1, 5)
+def test_dynamic_evaluation_adapts_to_repeating_text(awd):
+    model, corpus = awd["model"], awd["corpus"]
+    plain = mean_nll(model, corpus.test, 1, 5)
     tuned = evaluate.trainable_copy(model)
     rms = evaluate.gradient_rms(tuned, corpus.train, 4, 10)
     pulls = evaluate.decay_rates(rms, 0.02)
@@ -186,16 +170,16 @@ def test_dynamic_evaluation_adapts_to_repeating_text(trained):
     assert total / count < plain - 0.005  # measured: 4.0379 against 4.0485
 
 
-def test_the_command_line_leaves_the_checkpoint_untouched(trained, capsys):
-    before = open(trained["path"], "rb").read()
-    evaluate.main(["--checkpoint", trained["path"], "--tune-dynamic", "--dyn-stat-batches", "2",
+def test_the_command_line_leaves_the_checkpoint_untouched(awd, capsys):
+    before = open(awd["path"], "rb").read()
+    evaluate.main(["--checkpoint", awd["path"], "--tune-dynamic", "--dyn-stat-batches", "2",
                    "--dyn-tune-tokens", "100"])
-    evaluate.main(["--checkpoint", trained["path"], "--tune-cache", "--window", "50"])
+    evaluate.main(["--checkpoint", awd["path"], "--tune-cache", "--window", "50"])
     out = capsys.readouterr().out
     assert "best on valid (100 tokens): lr " in out and "dynamic (lr " in out
     assert "best on valid: theta" in out
     assert "plain" in out and "cache (W 50" in out and "(191 target tokens)" in out
-    assert open(trained["path"], "rb").read() == before
+    assert open(awd["path"], "rb").read() == before
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -210,44 +194,44 @@ def test_the_command_line_leaves_the_checkpoint_untouched(trained, capsys):
     (["--batch_size", "1000"], "--batch_size 1000 is too large for the test split"),
     (["--dynamic", "--dyn-stat-batch-size", "100000"], "--dyn-stat-batch-size 100000 is too"),
 ])
-def test_bad_arguments_give_one_clean_error_line(trained, args, fragment):
+def test_bad_arguments_give_one_clean_error_line(awd, args, fragment):
     with pytest.raises(SystemExit) as exit_:
-        evaluate.main(["--checkpoint", trained["path"]] + args)
+        evaluate.main(["--checkpoint", awd["path"]] + args)
     assert exit_.value.code.startswith("error: ") and fragment in exit_.value.code
 
 
-def test_info_and_a_warning_when_the_data_differ_from_the_training_data(trained, tmp_path,
+def test_info_and_a_warning_when_the_data_differ_from_the_training_data(awd, tmp_path,
                                                                          capsys):
-    evaluate.main(["--checkpoint", trained["path"], "--info"])
+    evaluate.main(["--checkpoint", awd["path"], "--info"])
     out = capsys.readouterr().out
     assert "model checkpoint of a awd model" in out and "sha256 train " in out
-    evaluate.main(["--checkpoint", trained["path"]])
+    evaluate.main(["--checkpoint", awd["path"]])
     assert "warning" not in capsys.readouterr().err  # its own data
     other = tmp_path / "other"
     other.mkdir()
     for name in ("train.txt", "valid.txt"):
-        (other / name).write_bytes(open(os.path.join(trained["root"], name), "rb").read())
-    (other / "test.txt").write_text(open(os.path.join(trained["root"], "test.txt")).read()[::-1])
-    evaluate.main(["--checkpoint", trained["path"], "--data", str(other)])
+        (other / name).write_bytes(open(os.path.join(awd["root"], name), "rb").read())
+    (other / "test.txt").write_text(open(os.path.join(awd["root"], "test.txt")).read()[::-1])
+    evaluate.main(["--checkpoint", awd["path"], "--data", str(other)])
     err = capsys.readouterr().err
     assert "warning: the test split of " in err and "differs from the one this model was" in err
 
 
-def test_evaluation_applies_the_checkpoints_precision_or_the_flags(trained, capsys):
+def test_evaluation_applies_the_checkpoints_precision_or_the_flags(awd, capsys):
     cpu = torch.device("cpu")
     set_precision("fp32", cpu)  # what an earlier script in the process may have left
-    evaluate.main(["--checkpoint", trained["path"]])  # trained with the default, "torch"
+    evaluate.main(["--checkpoint", awd["path"]])  # trained with the default, "torch"
     assert float32_math() == ("ieee", "tf32")
-    evaluate.main(["--checkpoint", trained["path"], "--precision", "fp32"])
+    evaluate.main(["--checkpoint", awd["path"], "--precision", "fp32"])
     assert float32_math() == ("ieee", "ieee")
     set_precision("torch", cpu)
 
 
-def test_max_tokens_scores_only_the_first_tokens_of_the_split(trained, capsys):
-    evaluate.main(["--checkpoint", trained["path"], "--max-tokens", "50", "--cache",
+def test_max_tokens_scores_only_the_first_tokens_of_the_split(awd, capsys):
+    evaluate.main(["--checkpoint", awd["path"], "--max-tokens", "50", "--cache",
                    "--window", "20"])
     out = capsys.readouterr().out
     assert "first 50 tokens of the test split" in out and "(49 target tokens)" in out
     with pytest.raises(SystemExit) as exit_:
-        evaluate.main(["--checkpoint", trained["path"], "--max-tokens", "3", "--batch_size", "2"])
+        evaluate.main(["--checkpoint", awd["path"], "--max-tokens", "3", "--batch_size", "2"])
     assert "--max-tokens 3 leaves fewer than 2 tokens per column" in exit_.value.code

@@ -7,7 +7,7 @@ import subprocess
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ["bench.txt", "command.txt", "env.txt", "logs.tar.gz", "precision.txt", "recipe.csv",
          "recipe.json", "summary.txt"]
-STEPS = ["env", "precision-torch", "precision-fp32", "precision-bf16", "bench", "recipe",
+STEPS = ["env", "precision-torch", "precision-bf16", "bench", "recipe",
          "tests", "evaluate-cache", "evaluate-dynamic", "generate"]
 
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bptt import evaluate, ppl
+from data import mean_nll
 from model import (AWDLSTM, LockedDropout, LSTMLayer, LSTMModel, build_model, count_parameters,
                    detach_hidden, embedding_dropout, flat_layout, in_one_block)
+from util import ppl
 
 
 def leaves(hidden):
@@ -221,9 +222,9 @@ def test_with_every_word_in_its_head_the_adaptive_softmax_is_a_full_softmax(kind
                     "decoder.bias": torch.zeros(ntoken)})
     full.load_state_dict(weights)
     text = torch.randint(0, ntoken, (600,))
-    assert ppl(evaluate(adaptive, text, 4, 10)) == pytest.approx(ppl(evaluate(full, text, 4, 10)),
+    assert ppl(mean_nll(adaptive, text, 4, 10)) == pytest.approx(ppl(mean_nll(full, text, 4, 10)),
                                                                  rel=1e-5)
-    assert ppl(evaluate(full, text, 4, 10)) > 20  # untrained: a real comparison, not ~1
+    assert ppl(mean_nll(full, text, 4, 10)) > 20  # untrained: a real comparison, not ~1
 
 
 # --- Precision: what each part computes in under autocast ----------------------------------

@@ -9,20 +9,12 @@ import pytest
 
 import plot
 import runlog
-import train
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    line = "a b c d e f g h i j\n"
-    for name, repeat in (("train.txt", 40), ("valid.txt", 10), ("test.txt", 10)):
-        (root / name).write_text(line * repeat)
-    tiny = ["--data", str(root), "--emsize", "12", "--nhid", "12", "--batch_size", "4",
-            "--bptt", "8", "--epochs", "3"]
-    train.main(["--model", "awd", "--nonmono", "1"] + tiny + ["--save", str(root / "awd.pt")])
-    train.main(["--model", "lstm"] + tiny + ["--save", str(root / "lstm.pt")])
-    return [str(root / "awd.csv"), str(root / "lstm.csv")]
+@pytest.fixture
+def runs(trained):
+    """The metrics CSVs of the two tiny runs that conftest.py trains."""
+    return [trained[kind].replace(".pt", ".csv") for kind in ("awd", "lstm")]
 
 
 def png_size(path):
@@ -96,3 +88,24 @@ def test_an_output_that_is_no_image_or_a_broken_summary_is_refused(runs, tmp_pat
         plot.main([str(copy), "-o", str(tmp_path / "x.png")])
     assert exit_.value.code.startswith("error: cannot read the run summary")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_switch_marker_follows_the_field_whatever_the_event_says(tmp_path):
+    fields = runlog.FIELDS
+    base = dict(epoch=1, seconds=1, tokens_per_s=1, train_loss=5, train_ppl=148,
+                valid_loss=5, valid_ppl=148, lr=30, mode="SGD", elapsed_s=1, resumed="",
+                saved="", out_of_time="")
+    with open(tmp_path / "run.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerow(dict(base, event="saved", switched=""))
+        writer.writerow(dict(base, epoch=2, event="out of time; switch to ASGD",
+                             switched="yes", out_of_time="yes"))
+    assert plot.read_run(str(tmp_path / "run.csv"))["switch"] == [1]
+    # a CSV from before the field: its event's words
+    with open(tmp_path / "old.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[n for n in fields if n not in (
+            "saved", "switched", "out_of_time")], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerow(dict(base, epoch=1, event="switch to ASGD"))
+    assert plot.read_run(str(tmp_path / "old.csv"))["switch"] == [0]

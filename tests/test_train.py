@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -14,43 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-import bptt
 import checkpoint
 import runlog
 import train
-from trainer import should_start_averaging
+import trainer as trainer_module
+from optim import should_start_averaging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_AWD = ["--model", "awd", "--emsize", "16", "--nhid", "24", "--batch_size", "4",
-            "--bptt", "12", "--seed", "3"]
-
-
-def write_corpus(root, train_text, valid_text, test_text):
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in (("train.txt", train_text), ("valid.txt", valid_text),
-                       ("test.txt", test_text)):
-        (root / name).write_text(text)
-    return str(root)
-
-
-@pytest.fixture
-def repeating(tmp_path):
-    """A corpus where every token is determined by the one before it."""
-    line = "a b c d e f g h i j\n"
-    return write_corpus(tmp_path / "repeating", line * 60, line * 30, line * 30)
-
-
-@pytest.fixture
-def random_text(tmp_path):
-    """Random words: a model can only overfit the training split."""
-    rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(30)]
-
-    def text(lines):
-        return "".join(" ".join(rng.choice(words, size=rng.integers(4, 12))) + "\n"
-                       for _ in range(lines))
-
-    return write_corpus(tmp_path / "random", text(120), text(20), text(20))
 
 
 def run(argv):
@@ -61,11 +32,10 @@ def read_csv(path):
     return runlog.read_metrics(path)
 
 
-def test_a_small_model_learns_a_repeating_corpus(repeating, tmp_path):
+def test_a_small_model_learns_a_repeating_corpus(repeating, tmp_path, tiny):
     save = tmp_path / "lstm.pt"
-    run(["--model", "lstm", "--data", repeating, "--emsize", "24", "--nhid", "24",
-         "--dropout", "0", "--batch_size", "4", "--bptt", "10", "--lr", "5", "--epochs", "8",
-         "--save", save])
+    run(tiny["lstm"] + ["--data", repeating, "--emsize", "24", "--nhid", "24", "--dropout", "0",
+                        "--bptt", "10", "--lr", "5", "--epochs", "8", "--save", save])
     saved = checkpoint.load(str(save))
     assert saved["valid_ppl"] < 1.1
     rows = read_csv(tmp_path / "lstm.csv")
@@ -73,11 +43,11 @@ def test_a_small_model_learns_a_repeating_corpus(repeating, tmp_path):
     assert float(rows[-1]["valid_ppl"]) < float(rows[0]["valid_ppl"])
 
 
-def test_nt_asgd_switches_on_a_corpus_that_overfits(random_text, tmp_path, capsys):
+def test_nt_asgd_switches_on_a_corpus_that_overfits(random_text, tmp_path, capsys, tiny):
     save = tmp_path / "awd.pt"
-    run(TINY_AWD + ["--data", random_text, "--emsize", "48", "--nhid", "96", "--lr", "30",
-                    "--dropouti", "0", "--dropouth", "0", "--dropout", "0", "--wdrop", "0",
-                    "--dropoute", "0", "--nonmono", "2", "--epochs", "12", "--save", save])
+    run(tiny["awd"] + ["--data", random_text, "--emsize", "48", "--nhid", "96", "--lr", "30",
+                       "--dropouti", "0", "--dropouth", "0", "--dropout", "0", "--wdrop", "0",
+                       "--dropoute", "0", "--nonmono", "2", "--epochs", "12", "--save", save])
     rows = read_csv(tmp_path / "awd.csv")
     switches = [int(r["epoch"]) for r in rows if r["event"] == "switch to ASGD"]
     assert len(switches) == 1
@@ -103,8 +73,8 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_gives_the_same_weights_as_never_stopping(random_text, tmp_path):
-    common = TINY_AWD + ["--data", random_text, "--nonmono", "1", "--max-batches", "15"]
+def test_resume_gives_the_same_weights_as_never_stopping(random_text, tmp_path, tiny):
+    common = tiny["awd"] + ["--data", random_text, "--nonmono", "1", "--max-batches", "15"]
     run(common + ["--epochs", "4", "--save", tmp_path / "straight.pt"])
     run(common + ["--epochs", "2", "--save", tmp_path / "split.pt"])
     run(["--resume", tmp_path / "split.state.pt", "--epochs", "4", "--max-batches", "15"])
@@ -128,11 +98,11 @@ def start(argv):
                             text=True, env=env)
 
 
-def test_sigterm_stops_saves_and_resumes_exactly(tmp_path):
+def test_sigterm_stops_saves_and_resumes_exactly(tmp_path, tiny, make_corpus):
     rng = np.random.default_rng(1)
     text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(2000))
-    data = write_corpus(tmp_path / "long", text, text[:2000], text[:2000])
-    common = TINY_AWD + ["--data", data, "--epochs", "2", "--log-interval", "5"]
+    data = make_corpus(text, text[:2000], text[:2000])
+    common = tiny["awd"] + ["--data", data, "--epochs", "2", "--log-interval", "5"]
     run(common + ["--save", tmp_path / "straight.pt"])
 
     proc = start(common + ["--save", tmp_path / "stopped.pt"])
@@ -152,10 +122,10 @@ def test_sigterm_stops_saves_and_resumes_exactly(tmp_path):
                         final_state(tmp_path / "stopped.state.pt")[0])
 
 
-def test_finetune_writes_a_new_file_and_stops_at_the_trigger(random_text, tmp_path):
+def test_finetune_writes_a_new_file_and_stops_at_the_trigger(random_text, tmp_path, tiny):
     save = tmp_path / "awd.pt"
-    run(TINY_AWD + ["--data", random_text, "--epochs", "3", "--max-batches", "10",
-                    "--save", save])
+    run(tiny["awd"] + ["--data", random_text, "--epochs", "3", "--max-batches", "10",
+                       "--save", save])
     before = save.read_bytes()
     run(["--finetune", save, "--nonmono", "1", "--epochs", "50", "--max-batches", "10"])
     assert save.read_bytes() == before
@@ -167,19 +137,22 @@ def test_finetune_writes_a_new_file_and_stops_at_the_trigger(random_text, tmp_pa
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
-        random_text, tmp_path, monkeypatch):
+        random_text, tmp_path, monkeypatch, tiny):
     save = tmp_path / "awd.pt"
-    run(TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "5",
-                    "--save", save])
+    run(tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "5",
+                       "--save", save])
     good = save.read_bytes()
     calls = []
 
-    def poisoned(out, alpha, beta):
+    original = trainer_module.Objective.forward
+
+    def poisoned(self, *args):
+        loss, penalty, hidden = original(self, *args)
         calls.append(1)
         # from the fourth step on the gradients are NaN, as after a blow-up
-        return out.dropped_output.sum() * (float("nan") if len(calls) > 3 else 0.0)
+        return loss, penalty * (float("nan") if len(calls) > 3 else 1.0), hidden
 
-    monkeypatch.setattr(bptt, "activation_regularization", poisoned)
+    monkeypatch.setattr(trainer_module.Objective, "forward", poisoned)
     with pytest.raises(SystemExit) as exit_:
         run(["--resume", tmp_path / "awd.state.pt", "--epochs", "3", "--max-batches", "5"])
     message = str(exit_.value.code)
@@ -206,18 +179,18 @@ def test_bad_input_gives_one_clean_error_line(random_text, tmp_path):
     assert "applies to --model awd only" in bad_run(["--model", "lstm", "--wdrop", "0.1"])
 
 
-def test_a_checkpoint_with_another_vocabulary_is_refused(random_text, repeating, tmp_path):
+def test_a_checkpoint_with_another_vocabulary_is_refused(random_text, repeating, tmp_path, tiny):
     save = tmp_path / "awd.pt"
-    run(TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
-                    "--save", save])
+    run(tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                       "--save", save])
     message = bad_run(["--resume", tmp_path / "awd.state.pt", "--data", repeating])
     assert "vocabulary" in message and "--data" in message
     assert "vocabulary" in bad_run(["--finetune", save, "--data", repeating])
 
 
-def test_a_new_run_does_not_overwrite_existing_checkpoints(random_text, tmp_path):
-    args = TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
-                       "--save", tmp_path / "awd.pt"]
+def test_a_new_run_does_not_overwrite_existing_checkpoints(random_text, tmp_path, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                          "--save", tmp_path / "awd.pt"]
     run(args)
     before = (tmp_path / "awd.pt").read_bytes()
     assert "--resume" in bad_run(args)
@@ -244,12 +217,11 @@ def test_help_shows_the_preset_defaults(capsys):
     assert "awd: 30.0, lstm: 20.0" in out and "awd: 750, lstm: 40" in out
 
 
-def test_tensorboard_scalars_equal_the_csv(repeating, tmp_path):
+def test_tensorboard_scalars_equal_the_csv(repeating, tmp_path, tiny):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run(["--model", "lstm", "--data", repeating, "--emsize", "8", "--nhid", "8",
-         "--batch_size", "4", "--bptt", "10", "--epochs", "3", "--log-interval", "5",
-         "--save", tmp_path / "lstm.pt", "--tensorboard", tmp_path / "tb"])
+    run(tiny["lstm"] + ["--data", repeating, "--epochs", "3", "--log-interval", "5",
+                        "--save", tmp_path / "lstm.pt", "--tensorboard", tmp_path / "tb"])
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     rows = read_csv(tmp_path / "lstm.csv")
@@ -260,21 +232,20 @@ def test_tensorboard_scalars_equal_the_csv(repeating, tmp_path):
     assert any(tag.startswith("settings") for tag in events.Tags()["tensors"])
 
 
-def test_the_summary_holds_the_final_numbers(repeating, tmp_path, capsys):
-    run(["--model", "lstm", "--data", repeating, "--emsize", "8", "--nhid", "8",
-         "--batch_size", "4", "--bptt", "10", "--epochs", "2", "--save", tmp_path / "lstm.pt"])
+def test_the_summary_holds_the_final_numbers(repeating, tmp_path, capsys, tiny):
+    run(tiny["lstm"] + ["--data", repeating, "--epochs", "2", "--save", tmp_path / "lstm.pt"])
     summary = json.load(open(tmp_path / "lstm.json"))
     out = capsys.readouterr().out
-    assert f"test ppl {summary['test_ppl']:.2f}" in out
+    assert f"test ppl {math.exp(summary['test_loss']):.2f}" in out  # (test_ppl: 3 decimals)
     assert summary["epochs"] == 2 and summary["stopped"] is False
     assert summary["best_valid_ppl"] == min(float(r["valid_ppl"])
                                             for r in read_csv(tmp_path / "lstm.csv"))
 
 
-def test_finetuning_keeps_only_improvements_on_its_start(random_text, tmp_path, capsys):
+def test_finetuning_keeps_only_improvements_on_its_start(random_text, tmp_path, capsys, tiny):
     save = tmp_path / "awd.pt"
-    run(TINY_AWD + ["--data", random_text, "--epochs", "3", "--max-batches", "10",
-                    "--save", save])
+    run(tiny["awd"] + ["--data", random_text, "--epochs", "3", "--max-batches", "10",
+                       "--save", save])
     start = checkpoint.load(str(save))["valid_loss"]
     # lr so high that every fine-tuning epoch is worse than the trained model
     run(["--finetune", save, "--lr", "100", "--nonmono", "1", "--epochs", "3",
@@ -290,9 +261,9 @@ def test_finetuning_keeps_only_improvements_on_its_start(random_text, tmp_path, 
 
 
 def test_an_early_stop_after_overwrite_does_not_report_the_older_run(
-        random_text, tmp_path, capsys, monkeypatch):
-    args = TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
-                       "--save", tmp_path / "awd.pt"]
+        random_text, tmp_path, capsys, monkeypatch, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                          "--save", tmp_path / "awd.pt"]
     run(args)
     capsys.readouterr()
 
@@ -315,34 +286,34 @@ def files_of(directory):
 
 
 def test_settings_that_make_no_run_are_refused_before_any_file_is_written(random_text,
-                                                                           tmp_path):
+                                                                           tmp_path, tiny):
     out = tmp_path / "runs"
     save = ["--save", out / "awd.pt"]
     message = bad_run(["--model", "lstm", "--emsize", "20", "--nhid", "30", "--data",
                        random_text] + save)
     assert "--emsize equal to --nhid" in message and "--no-tied" in message
     assert "--seed must be in [0, 2**32)" in bad_run(["--seed", "-1"])
-    message = bad_run(TINY_AWD + ["--data", random_text, "--eval-batch-size", "1000"] + save)
+    message = bad_run(tiny["awd"] + ["--data", random_text, "--eval-batch-size", "1000"] + save)
     assert "--eval-batch-size 1000 is too large for the valid split" in message
-    message = bad_run(TINY_AWD + ["--data", random_text, "--test-batch-size", "5000"] + save)
+    message = bad_run(tiny["awd"] + ["--data", random_text, "--test-batch-size", "5000"] + save)
     assert "--test-batch-size 5000" in message
     # a window whose output layer alone needs more memory than the machine has
-    message = bad_run(TINY_AWD + ["--data", random_text, "--bptt", "10000000000"] + save)
+    message = bad_run(tiny["awd"] + ["--data", random_text, "--bptt", "10000000000"] + save)
     assert "lower --bptt or --batch_size" in message and "GiB" in message
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert "cannot write to the --save directory" in bad_run(
-        TINY_AWD + ["--data", random_text, "--save", blocker / "awd.pt"])
-    assert "is a directory" in bad_run(TINY_AWD + ["--data", random_text, "--save", tmp_path])
-    assert "--tensorboard" in bad_run(TINY_AWD + ["--data", random_text, "--tensorboard",
-                                                  blocker / "tb"] + save)
+        tiny["awd"] + ["--data", random_text, "--save", blocker / "awd.pt"])
+    assert "is a directory" in bad_run(tiny["awd"] + ["--data", random_text, "--save", tmp_path])
+    assert "--tensorboard" in bad_run(tiny["awd"] + ["--data", random_text, "--tensorboard",
+                                                     blocker / "tb"] + save)
     assert not out.exists() or files_of(out) == {}
 
 
 def test_flags_take_dashes_or_underscores_and_help_shows_one_spelling(random_text, tmp_path,
-                                                                      capsys):
-    run(TINY_AWD + ["--data", random_text, "--batch-size", "5", "--eval_batch_size", "3",
-                    "--max_batches", "2", "--epochs", "1", "--save", tmp_path / "awd.pt"])
+                                                                      capsys, tiny):
+    run(tiny["awd"] + ["--data", random_text, "--batch-size", "5", "--eval_batch_size", "3",
+                       "--max_batches", "2", "--epochs", "1", "--save", tmp_path / "awd.pt"])
     assert "finished after 1 epoch\n" in capsys.readouterr().out
     saved = checkpoint.load(str(tmp_path / "awd.pt"))
     assert saved["args"]["batch_size"] == 5 and saved["args"]["eval_batch_size"] == 3
@@ -353,16 +324,16 @@ def test_flags_take_dashes_or_underscores_and_help_shows_one_spelling(random_tex
     assert "--eval-batch-size" in help_text and "--eval_batch_size" not in help_text
 
 
-def test_a_short_bptt_says_what_variable_bptt_makes_of_it(random_text, tmp_path, capsys):
-    run(TINY_AWD + ["--data", random_text, "--bptt", "2", "--epochs", "1", "--max-batches",
-                    "2", "--save", tmp_path / "awd.pt"])
+def test_a_short_bptt_says_what_variable_bptt_makes_of_it(random_text, tmp_path, capsys, tiny):
+    run(tiny["awd"] + ["--data", random_text, "--bptt", "2", "--epochs", "1", "--max-batches",
+                       "2", "--save", tmp_path / "awd.pt"])
     out = capsys.readouterr().out
     assert "never below 5" in out and "--no-variable-bptt" in out
 
 
 def test_a_second_run_on_the_same_save_path_refuses_while_the_first_runs(random_text,
-                                                                       tmp_path):
-    args = TINY_AWD + ["--data", random_text, "--epochs", "200", "--save", tmp_path / "awd.pt"]
+                                                                       tmp_path, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--epochs", "200", "--save", tmp_path / "awd.pt"]
     first = start(args)
     lock = tmp_path / "awd.lock"
     for _ in range(600):  # wait until the first run holds the lock
@@ -382,30 +353,18 @@ def test_a_second_run_on_the_same_save_path_refuses_while_the_first_runs(random_
     assert checkpoint.load(str(tmp_path / "awd.state.pt"), kind="state")["args"]["epochs"] == 200
 
 
-def test_the_resume_hint_repeats_the_options_that_a_resume_may_set(random_text, tmp_path):
-    args = train.parse_args(TINY_AWD + ["--data", random_text, "--max-batches", "7",
-                                        "--save-every", "2.5", "--device", "cpu",
-                                        "--log-interval", "3", "--epochs", "9"])
-    command = train.resume_command(args, "runs/my run.state.pt")
-    assert command.startswith("python train.py --resume 'runs/my run.state.pt'")
-    again = train.parse_args(shlex.split(command)[2:])
-    for name in ("max_batches", "save_every", "device", "log_interval", "epochs", "data"):
-        assert getattr(again, name) == getattr(args, name), name
-    assert again.resume == "runs/my run.state.pt"
-
-
 def test_ctrl_c_during_the_final_test_exits_130_and_keeps_the_checkpoints(
-        random_text, tmp_path, monkeypatch, capsys):
+        random_text, tmp_path, monkeypatch, capsys, tiny):
     def interrupted(*args, progress=None, **kw):
         if progress == "testing":
             raise KeyboardInterrupt
         return real_evaluate(*args, progress=progress, **kw)
 
-    real_evaluate = train.evaluate
-    monkeypatch.setattr(train, "evaluate", interrupted)
+    real_evaluate = train.mean_nll
+    monkeypatch.setattr(train, "mean_nll", interrupted)
     with pytest.raises(SystemExit) as exit_:
-        run(TINY_AWD + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
-                        "--save", tmp_path / "awd.pt"])
+        run(tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                           "--save", tmp_path / "awd.pt"])
     assert exit_.value.code == 130
     assert "aborted" in capsys.readouterr().err
     checkpoint.load_model(str(tmp_path / "awd.pt"))  # intact and usable
@@ -413,9 +372,9 @@ def test_ctrl_c_during_the_final_test_exits_130_and_keeps_the_checkpoints(
 
 
 def test_a_diverging_run_exits_non_zero_and_leaves_earlier_files_as_they_were(random_text,
-                                                                             tmp_path):
-    args = TINY_AWD + ["--data", random_text, "--epochs", "2", "--max-batches", "5",
-                       "--save", tmp_path / "awd.pt"]
+                                                                             tmp_path, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--epochs", "2", "--max-batches", "5",
+                          "--save", tmp_path / "awd.pt"]
     message = bad_run(args + ["--lr", "1e6"])
     assert "training diverged" in message and "no checkpoint yet" in message
     assert not (tmp_path / "awd.pt").exists()
@@ -427,8 +386,8 @@ def test_a_diverging_run_exits_non_zero_and_leaves_earlier_files_as_they_were(ra
     assert files_of(tmp_path) == before
 
 
-def test_a_mid_epoch_save_resumes_like_never_stopping(random_text, tmp_path, monkeypatch):
-    common = TINY_AWD + ["--data", random_text, "--nonmono", "1", "--epochs", "3"]
+def test_a_mid_epoch_save_resumes_like_never_stopping(random_text, tmp_path, monkeypatch, tiny):
+    common = tiny["awd"] + ["--data", random_text, "--nonmono", "1", "--epochs", "3"]
     run(common + ["--save", tmp_path / "straight.pt"])
     saves = []
     real_save = train.Trainer.save_state
@@ -455,8 +414,8 @@ def test_a_mid_epoch_save_resumes_like_never_stopping(random_text, tmp_path, mon
                         final_state(tmp_path / "every.state.pt")[0])
 
 
-def test_checkpoints_csv_and_summary_say_where_the_run_came_from(random_text, tmp_path):
-    args = TINY_AWD + ["--data", random_text, "--max-batches", "3", "--save", tmp_path / "a.pt"]
+def test_checkpoints_csv_and_summary_say_where_the_run_came_from(random_text, tmp_path, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--max-batches", "3", "--save", tmp_path / "a.pt"]
     run(args + ["--epochs", "1"])
     run(["--resume", tmp_path / "a.state.pt", "--epochs", "2"])
     state = checkpoint.load(str(tmp_path / "a.state.pt"), kind="state")
@@ -473,30 +432,28 @@ def test_checkpoints_csv_and_summary_say_where_the_run_came_from(random_text, tm
     assert json.load(open(tmp_path / "a.json"))["provenance"][1]["command"] == resume["command"]
 
 
-def test_running_out_of_memory_says_what_to_lower(random_text, tmp_path, monkeypatch):
-    import trainer as trainer_module
-
+def test_running_out_of_memory_says_what_to_lower(random_text, tmp_path, monkeypatch, tiny):
     def out_of_memory(*args, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(trainer_module, "train_step", out_of_memory)
-    message = bad_run(TINY_AWD + ["--data", random_text, "--save", tmp_path / "awd.pt"])
+    message = bad_run(tiny["awd"] + ["--data", random_text, "--save", tmp_path / "awd.pt"])
     assert "out of memory" in message and "lower --batch_size or --bptt" in message
     assert not (tmp_path / "awd.lock").exists()
 
 
-def test_an_adaptive_softmax_model_trains_evaluates_and_samples(repeating, tmp_path, capsys):
+def test_an_adaptive_softmax_model_trains_evaluates_and_samples(repeating, tmp_path, capsys, tiny):
     import evaluate
     import generate
     save = tmp_path / "lstm.pt"
-    tiny = ["--model", "lstm", "--data", repeating, "--emsize", "24", "--nhid", "24",
-            "--dropout", "0", "--batch_size", "4", "--bptt", "10", "--lr", "5", "--epochs", "8",
-            "--save", save]
-    assert "add --no-tied" in bad_run(tiny + ["--cutoffs", "4,8"])
-    assert "below the vocabulary's 12 words" in bad_run(tiny + ["--cutoffs", "4,12",
+    learns = tiny["lstm"] + ["--data", repeating, "--emsize", "24", "--nhid", "24", "--dropout",
+                             "0", "--bptt", "10", "--lr", "5", "--epochs", "8", "--seed", "1111",
+                             "--save", save]
+    assert "add --no-tied" in bad_run(learns + ["--cutoffs", "4,8"])
+    assert "below the vocabulary's 12 words" in bad_run(learns + ["--cutoffs", "4,12",
                                                                 "--no-tied"])
-    assert "would have no features" in bad_run(tiny + ["--cutoffs", "2,4,6", "--no-tied"])
-    run(tiny + ["--cutoffs", "6", "--no-tied"])  # the head: 6 words, a cluster: 6 more
+    assert "would have no features" in bad_run(learns + ["--cutoffs", "2,4,6", "--no-tied"])
+    run(learns + ["--cutoffs", "6", "--no-tied"])  # the head: 6 words, a cluster: 6 more
     saved = checkpoint.load(str(save))
     assert saved["config"]["cutoffs"] == [6] and "word_rank" in saved["model"]
     assert saved["valid_ppl"] < 1.5  # it learns the corpus, like the full softmax
@@ -513,7 +470,7 @@ def test_an_adaptive_softmax_model_trains_evaluates_and_samples(repeating, tmp_p
 # --- Precision and recipes ------------------------------------------------------------------
 
 def test_a_bf16_state_stopped_mid_epoch_resumes_under_fp32(random_text, tmp_path,
-                                                          monkeypatch):
+                                                          monkeypatch, tiny):
     original, calls = train.Trainer.train_epoch, []
 
     def stop_in_epoch_two(self, stop, *args, **kwargs):
@@ -523,8 +480,8 @@ def test_a_bf16_state_stopped_mid_epoch_resumes_under_fp32(random_text, tmp_path
         return original(self, stop, *args, **kwargs)
 
     monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_two)
-    run(TINY_AWD + ["--data", random_text, "--precision", "bf16", "--epochs", "3",
-                    "--max-batches", "6", "--save", tmp_path / "m.pt"])
+    run(tiny["awd"] + ["--data", random_text, "--precision", "bf16", "--epochs", "3",
+                       "--max-batches", "6", "--save", tmp_path / "m.pt"])
     monkeypatch.undo()
     state = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")
     assert state["epoch"] == 1 and state["position"] is not None
@@ -536,10 +493,11 @@ def test_a_bf16_state_stopped_mid_epoch_resumes_under_fp32(random_text, tmp_path
 
 
 def test_the_1cycle_recipe_trains_adam_on_its_four_phases_and_prints_them(random_text,
-                                                                         tmp_path, capsys):
-    tiny = ["--data", random_text, "--emsize", "16", "--nhid", "24", "--batch_size", "4",
-            "--bptt", "12", "--no-variable-bptt", "--epochs", "3", "--max-batches", "10"]
-    run(["--recipe", "1cycle"] + tiny + ["--save", tmp_path / "c.pt"])
+                                                                         tmp_path, capsys,
+                                                                         tiny):
+    small = tiny["awd"] + ["--data", random_text, "--no-variable-bptt", "--epochs", "3",
+                           "--max-batches", "10"]
+    run(["--recipe", "1cycle"] + small + ["--save", tmp_path / "c.pt"])
     out = capsys.readouterr().out
     assert "schedule 1cycle over 30 steps: lr 0.0005 -> 0.005 by step 2" in out
     assert "cosine to 0 by step 30" in out
@@ -555,12 +513,13 @@ def test_the_1cycle_recipe_trains_adam_on_its_four_phases_and_prints_them(random
     assert state["scheduler"]["last_epoch"] == 29  # the schedule of steps 0-29, all used
     group = state["optimizer"]["param_groups"][0]
     assert group["betas"] == (0.8, 0.99) and group["weight_decay"] == 1.2e-6
-    assert "--recipe 1cycle trains --model awd" in bad_run(["--recipe", "1cycle", "--model",
-                                                            "lstm"] + tiny)
+    assert "--recipe 1cycle trains --model awd" in bad_run(["--recipe", "1cycle"] + small
+                                                            + ["--model", "lstm"])
 
 
-def test_the_memory_estimate_counts_the_bytes_of_each_precision(random_text, tmp_path):
-    args = TINY_AWD + ["--data", random_text, "--bptt", "10000000000", "--save", tmp_path / "m.pt"]
+def test_the_memory_estimate_counts_the_bytes_of_each_precision(random_text, tmp_path, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--bptt", "10000000000",
+                          "--save", tmp_path / "m.pt"]
     gib = [float(re.search(r"about ([\d,.]+) GiB", bad_run(args + ["--precision", p]))
                  .group(1).replace(",", "")) for p in ("torch", "bf16")]
     assert gib[1] / gib[0] == pytest.approx(16 / 12, rel=1e-3)
@@ -568,11 +527,11 @@ def test_the_memory_estimate_counts_the_bytes_of_each_precision(random_text, tmp
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_the_baseline_resumes_mid_epoch_with_the_same_dropout(random_text, tmp_path,
-                                                              monkeypatch, device):
+                                                              monkeypatch, device, tiny):
     """On CUDA its dropout between layers was cuDNN's, from a state no checkpoint held."""
-    common = ["--model", "lstm", "--emsize", "32", "--nhid", "32", "--nlayers", "3",
-              "--batch_size", "8", "--bptt", "16", "--device", device, "--data", random_text,
-              "--epochs", "2"]
+    common = tiny["lstm"] + ["--emsize", "32", "--nhid", "32", "--nlayers", "3", "--batch_size",
+                             "8", "--bptt", "16", "--device", device, "--data", random_text,
+                             "--epochs", "2"]
     run(common + ["--save", tmp_path / "straight.pt"])
     original, calls = train.Trainer.train_epoch, []
 

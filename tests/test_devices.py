@@ -1,5 +1,6 @@
-"""Tests of distributed.py and of train.py under torchrun: 2 CPU processes (gloo) train like
-one process, a stop that reaches one of them stops all, and the run resumes exactly."""
+"""Tests of devices.py: the device's precision (what each --precision sets, what bf16 runs),
+and train.py under torchrun: 2 CPU processes (gloo) train like one process, a stop that
+reaches one of them stops all, and the run resumes exactly."""
 
 import json
 import os
@@ -13,16 +14,72 @@ import pytest
 import torch
 
 import checkpoint
-import distributed
+import devices
 import runlog
-from distributed import Group
+from devices import Group, float32_math, set_precision
+from model import build_model
+from settings import SettingsError, defaults
+from trainer import Objective, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_DROPOUT = ["--dropout", "0", "--dropouth", "0", "--dropouti", "0", "--dropoute", "0",
               "--wdrop", "0"]
-TINY_AWD = ["--model", "awd", "--emsize", "16", "--nhid", "24", "--batch_size", "4",
-            "--bptt", "12", "--seed", "3", "--log-interval", "5"]
+SYNC_OFTEN = ["--log-interval", "5"]
 
+
+# --- The device's precision ----------------------------------------------------------------
+
+def test_tf32_on_the_cpu_says_why_not():
+    with pytest.raises(SettingsError, match="tf32 needs an NVIDIA GPU"):
+        set_precision("tf32", torch.device("cpu"))
+
+
+def test_bf16_on_the_cpu_trains_or_says_why_not():
+    """Whether a CPU runs bf16 LSTMs depends on it (oneDNN needs bf16 instructions)."""
+    try:
+        set_precision("bf16", torch.device("cpu"))
+    except SettingsError as e:
+        assert "--precision bf16" in str(e) and "use --precision fp32" in str(e)
+        return
+    torch.manual_seed(0)
+    model = build_model(dict(model="awd", ntoken=20, emsize=8, nhid=8, nlayers=2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    s = defaults("awd")
+    tokens = torch.randint(0, 20, (6, 2))
+    loss, _ = train_step(Objective(model, s["alpha"], s["beta"]), optimizer, tokens, tokens,
+                         model.init_hidden(2), 1.0, s["clip"], "bf16")
+    assert torch.isfinite(loss) and next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision, math", [
+    ("fp32", ("ieee", "ieee")),  # TF32 off where PyTorch leaves it on
+    ("torch", ("ieee", "tf32")),  # PyTorch's own defaults, restored
+    ("bf16", ("ieee", "ieee")),  # its float32 parts
+])
+def test_each_precision_sets_the_float32_math_of_matmuls_and_lstms(precision, math):
+    other = "tf32" if math[1] == "ieee" else "fp32"
+    set_precision(other, torch.device("cpu"), training=False)
+    set_precision(precision, torch.device("cpu"))
+    assert float32_math() == math
+    set_precision("torch", torch.device("cpu"))
+
+
+def test_evaluation_reads_a_tf32_or_bf16_checkpoint_anywhere():
+    set_precision("tf32", torch.device("cpu"), training=False)  # refused only for training
+    assert float32_math() == ("tf32", "tf32")
+    set_precision("torch", torch.device("cpu"))
+
+
+def test_a_state_resumes_with_the_generator_of_the_gpu_the_run_used():
+    mine, other = torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)
+    # one saved: the run's own
+    assert devices.own_cuda_state([mine], torch.device("cuda", 3)) is mine
+    # states written before saved every GPU of the host: this process's index
+    assert devices.own_cuda_state([other, mine], torch.device("cuda", 1)) is mine
+
+
+
+# --- Processes under torchrun ------------------------------------------------------------------
 
 def test_columns_split_a_batch_in_blocks_that_cover_it_once():
     for size, batch in ((2, 4), (3, 10), (2, 1), (4, 80)):
@@ -34,7 +91,7 @@ def test_columns_split_a_batch_in_blocks_that_cover_it_once():
 
 
 def test_one_process_collectives_return_their_input():
-    group = distributed.SINGLE
+    group = devices.SINGLE
     t = torch.tensor([1.5, 2.0])
     assert group.sum(t) is t and group.gather("x") == ["x"] and group.broadcast(3) == 3
     assert group.any(True) and not group.any(False)
@@ -48,23 +105,20 @@ def test_one_process_collectives_return_their_input():
 
 
 def test_launch_commands_name_the_processes():
-    assert distributed.launch_command(distributed.SINGLE) == ["python"]
-    assert distributed.launch_command(Group(0, 4, 4, "nccl", torchrun=True)) == [
+    assert devices.launch_command(devices.SINGLE) == ["python"]
+    assert devices.launch_command(Group(0, 4, 4, "nccl", torchrun=True)) == [
         "torchrun", "--standalone", "--nproc_per_node", "4"]
-    assert distributed.launch_command(Group(0, 16, 8, "nccl", torchrun=True))[:3] == [
+    assert devices.launch_command(Group(0, 16, 8, "nccl", torchrun=True))[:3] == [
         "torchrun", "--nnodes", "2"]
     assert Group(0, 16, 8, "nccl").describe() == "16 processes on 2 machines (nccl)"
 
 
-def write_corpus(root, lines, seed=0):
+def random_corpus(make_corpus, lines, seed=0):
+    """`lines` lines of 10 random words of 40; valid and test are slices of its text."""
     rng = np.random.default_rng(seed)
     text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 40, 10)) + "\n"
                    for _ in range(lines))
-    root.mkdir()
-    for name, part in (("train.txt", text), ("valid.txt", text[:3000]),
-                       ("test.txt", text[3000:6000])):
-        (root / name).write_text(part)
-    return str(root)
+    return make_corpus(text, text[:3000], text[3000:6000])
 
 
 def command(argv, processes):
@@ -92,10 +146,11 @@ def weights(path):
     pytest.param("cuda", "nccl", 1e-3, marks=[pytest.mark.cuda, pytest.mark.skipif(
         torch.cuda.device_count() < 2, reason="needs 2 GPUs")])])
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, device, backend,
-                                                                  tolerance):
-    data = write_corpus(tmp_path / "corpus", 300)
-    common = TINY_AWD + NO_DROPOUT + ["--data", data, "--epochs", "3", "--nonmono", "1",
-                                      "--max-batches", "25", "--device", device]
+                                                                  tolerance, make_corpus, tiny):
+    data = random_corpus(make_corpus, 300)
+    common = tiny["awd"] + SYNC_OFTEN + NO_DROPOUT + [
+        "--data", data, "--epochs", "3", "--nonmono", "1", "--max-batches", "25", "--device",
+        device]
     train(common + ["--save", tmp_path / "one.pt"])
     two = train(common + ["--save", tmp_path / "two.pt"], processes=2)
 
@@ -119,10 +174,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, devic
 
 
 @pytest.mark.cuda
-def test_one_process_under_torchrun_trains_as_without_it_on_a_gpu(tmp_path):
-    data = write_corpus(tmp_path / "corpus", 300)
-    common = TINY_AWD + ["--data", data, "--epochs", "2", "--max-batches", "25",
-                         "--device", "cuda"]
+def test_one_process_under_torchrun_trains_as_without_it_on_a_gpu(tmp_path, make_corpus, tiny):
+    data = random_corpus(make_corpus, 300)
+    common = tiny["awd"] + SYNC_OFTEN + ["--data", data, "--epochs", "2", "--max-batches",
+                                         "25", "--device", "cuda"]
     train(common + ["--save", tmp_path / "plain.pt"])
     under = train(common + ["--save", tmp_path / "torchrun.pt"], processes=1)
     assert under.stdout.startswith("torchrun: 1 process, which trains as without torchrun")
@@ -149,10 +204,13 @@ def worker_of_rank(launcher_pid, rank):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
-def test_a_stop_that_reaches_one_process_stops_all_and_the_run_resumes_exactly(tmp_path):
-    data = write_corpus(tmp_path / "corpus", 1000, seed=1)
+def test_a_stop_that_reaches_one_process_stops_all_and_the_run_resumes_exactly(tmp_path,
+                                                                               make_corpus,
+                                                                               tiny):
+    data = random_corpus(make_corpus, 1000, seed=1)
     # dropout on, to check each process's random state; epochs of 200 batches
-    common = TINY_AWD + ["--data", data, "--epochs", "2", "--max-batches", "200"]
+    common = tiny["awd"] + SYNC_OFTEN + ["--data", data, "--epochs", "2", "--max-batches",
+                                         "200"]
     train(common + ["--save", tmp_path / "straight.pt"], processes=2)
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -188,11 +246,11 @@ def test_a_stop_that_reaches_one_process_stops_all_and_the_run_resumes_exactly(t
     assert checkpoint.load(str(tmp_path / "stopped.state.pt"), kind="state")["epoch"] == 2
 
 
-def test_a_setting_that_fails_on_every_process_is_said_once(tmp_path):
-    data = write_corpus(tmp_path / "corpus", 300)
+def test_a_setting_that_fails_on_every_process_is_said_once(tmp_path, make_corpus, tiny):
+    data = random_corpus(make_corpus, 300)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(command(TINY_AWD + ["--data", data, "--batch_size", "3", "--save",
-                                              tmp_path / "odd.pt"], 2),
+    argv = tiny["awd"] + ["--data", data, "--batch_size", "3", "--save", tmp_path / "odd.pt"]
+    done = subprocess.run(command(argv, 2),
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0
     message = "error: --batch_size 3 does not split evenly over 2 processes"

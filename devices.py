@@ -1,10 +1,11 @@
-"""distributed.py: one training run on several processes (torchrun), or on one.
+"""devices.py: what a script runs on: the device (chosen, named, its numeric precision, out
+of its memory) and, under torchrun, the group of processes that share one training run.
 
 torchrun starts train.py once per process, with RANK, LOCAL_RANK and WORLD_SIZE in the
 environment. The processes share one global batch: each takes its own block of the
 batchified split's columns, DistributedDataParallel averages their gradients, so every
 process holds the same weights after every step. What one process may learn before the
-others (a signal, a passed deadline, a due save) they decide together at fixed points of
+others (a signal, a passed deadline, a due save) they decide together at sync points of
 the loop; the main process (rank 0) alone writes files and prints.
 
 `Group` is that set of processes. For a run without torchrun it is a single process, and
@@ -13,6 +14,7 @@ every collective below returns its input untouched: the one-process path is the 
     group, device = start("auto")       # reads torchrun's environment; NCCL or gloo
     group.columns(80)                   # this process's columns of a batch of 80
     group.sum(tensor)                   # summed over the processes, in place
+    set_precision("bf16", device)       # --precision, as every script applies it
 """
 
 import contextlib
@@ -25,8 +27,98 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from config import SettingsError, pick_device
+from settings import BY_NAME, SettingsError
 
+
+# --- The device ---------------------------------------------------------------------------
+
+def pick_device(name):
+    """torch.device for --device auto|cpu|cuda (auto: CUDA when PyTorch sees a GPU)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda: no CUDA device is available to PyTorch; "
+                            "use --device cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def describe_device(device):
+    """"NVIDIA H100 80GB HBM3" or "2 threads": what the run's speed depends on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"{threads} thread{'s' if threads > 1 else ''}"
+
+
+def out_of_memory(error):
+    """Whether `error` (a MemoryError or RuntimeError) says the device ran out of memory."""
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(error) or "out of memory" in str(error))
+
+
+PRECISIONS = BY_NAME["precision"].type  # the choices of --precision
+
+
+def set_precision(precision, device, training=True):
+    """Apply --precision to this process, the same way in every script:
+        torch  PyTorch's own defaults: float32, matmuls in IEEE float32, cuDNN's LSTMs
+               allowed TensorFloat-32 (on GPUs that have it)
+        fp32   IEEE float32 everywhere
+        tf32   TensorFloat-32 in matmuls and cuDNN's LSTMs (NVIDIA GPUs only)
+        bf16   training steps under bfloat16 autocast (trainer.train_step; the LSTMs in
+               bfloat16 too, model.LSTMLayer), everything else as fp32
+    On the CPU all four compute float32 parts alike (IEEE). Evaluation and sampling
+    (`training` False) always run in float32 and take only the option's float32 math, so a
+    checkpoint trained with any option is read anywhere; training raises SettingsError
+    where the device cannot run the option."""
+    if training and precision == "tf32" and device.type != "cuda":
+        raise SettingsError("--precision tf32 needs an NVIDIA GPU (TF32 is a tensor-core "
+                            "format); on the CPU use --precision fp32")
+    if training and precision == "bf16":
+        check_bf16(device)
+    matmul = "tf32" if precision == "tf32" else "ieee"
+    lstm = "tf32" if precision in ("tf32", "torch") else "ieee"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = matmul
+        torch.backends.cudnn.rnn.fp32_precision = lstm
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = matmul == "tf32"
+        torch.backends.cudnn.allow_tf32 = lstm == "tf32"
+
+
+def float32_math():
+    """(matmuls, cuDNN's LSTMs): how this process computes float32 on CUDA, "ieee" or
+    "tf32" for each (set_precision sets both)."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        return (torch.backends.cuda.matmul.fp32_precision,
+                torch.backends.cudnn.rnn.fp32_precision)
+    return tuple("tf32" if on else "ieee" for on in (torch.backends.cuda.matmul.allow_tf32,
+                                                     torch.backends.cudnn.allow_tf32))
+
+
+def check_bf16(device):
+    """Run a tiny LSTM step in bfloat16 the way model.LSTMLayer does under bf16 (the LSTM
+    op with bfloat16 input, state and weights, autocast off), or say why this device
+    cannot."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SettingsError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not "
+                            "support bfloat16; use --precision torch (or fp32, tf32)")
+    bf16 = dict(device=device, dtype=torch.bfloat16)
+    weights = [torch.zeros(32, 8, **bf16), torch.zeros(32, 8, **bf16), torch.zeros(32, **bf16),
+               torch.zeros(32, **bf16)]
+    weights[1].requires_grad_()
+    hidden = (torch.zeros(1, 1, 8, **bf16), torch.zeros(1, 1, 8, **bf16))
+    try:
+        output = torch.lstm(torch.zeros(2, 1, 8, **bf16), hidden, weights, True, 1, 0.0, True,
+                            False, False)[0]
+        output.float().sum().backward()
+    except RuntimeError as e:
+        reason = str(e).strip().split(". ")[0][:160]
+        raise SettingsError(f"--precision bf16: PyTorch cannot run an LSTM in bfloat16 on this "
+                            f"{device.type} ({reason}); use --precision torch here") from None
+
+
+# --- The processes of a run -------------------------------------------------------------
 
 def environment_rank():
     """This process's rank under torchrun, 0 otherwise (known before any set-up)."""
@@ -112,6 +204,30 @@ class Group:
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim=1)
 
+    def random_states(self, device, numpy_rng):
+        """What a training state saves of the random generators: this process's torch and
+        GPU ones (that of the one GPU it uses; a host may have more) and `numpy_rng` (the
+        BPTT lengths, one stream for all); under torchrun every process's torch and GPU
+        ones too, since each draws its own dropout masks."""
+        own = dict(torch=torch.get_rng_state(),
+                   cuda=[torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
+        states = dict(own, numpy=numpy_rng.bit_generator.state)
+        if self.size > 1:
+            states["processes"] = self.gather(own)
+        return states
+
+    def restore_random_states(self, states, device, numpy_rng):
+        """Set the generators from `states` (random_states's) when as many processes saved
+        them as there are now; returns how many did (the caller reseeds otherwise)."""
+        numpy_rng.bit_generator.state = states["numpy"]
+        saved = states.get("processes") or [states]
+        if len(saved) == self.size:
+            own = saved[self.rank]
+            torch.set_rng_state(own["torch"])
+            if own["cuda"] and device.type == "cuda":
+                torch.cuda.set_rng_state(own_cuda_state(own["cuda"], device), device)
+        return len(saved)
+
     def stop_if_any_failed(self, error):
         """After a set-up in which a process may have failed (`error`, or None): raise on
         every process if any failed, so that none waits for the others forever. The main
@@ -147,6 +263,15 @@ class Group:
 
 
 SINGLE = Group()  # a run without torchrun
+
+
+def own_cuda_state(saved, device):
+    """This process's GPU generator state from a training state's list: one entry (the GPU
+    the run used), or, in states written before that, one per GPU of the saving host."""
+    if len(saved) == 1:
+        return saved[0]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return saved[min(index, len(saved) - 1)]
 
 
 def launch_command(group):
