@@ -40,7 +40,8 @@ import devices
 from data import Corpus, CorpusError, batchify, windows
 from devices import PRECISIONS, describe_device, out_of_memory, set_precision
 from model import CLUSTER_SHRINK, build_model, count_parameters, model_config
-from settings import DEFAULT_DATA, COUNT, Parser, SettingsError, checked, cutoff_list, defaults
+from settings import (COUNT, DEFAULT_DATA, Parser, SettingsError, ShowDefaults, checked,
+                      cutoff_list, defaults)
 from trainer import Objective, train_step
 from util import ppl
 
@@ -175,7 +176,7 @@ def config_letters(text):
 
 def main(argv=None):
     p = Parser(description=__doc__.split("\n\n")[0],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=ShowDefaults)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--full", action="store_true", help="full-size shapes on any device")
     p.add_argument("--configs", type=config_letters, default="abcde",

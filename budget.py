@@ -86,35 +86,53 @@ def measure(trainer, warmup=2, steps=20):
 
 
 def plan(budget_s, spent_s, speed, steps_per_epoch, max_epochs, average_start):
-    """The schedule that fits: {"epochs", "batches_per_epoch", "total_steps", "average_from",
-    "train_deadline_s"}. Times are seconds from the run's start; `spent_s` have passed.
+    """The schedule that fits: {"epochs", "batches_per_epoch", "last_epoch_batches",
+    "total_steps", "average_from", "train_deadline_s"}. Times are seconds from the run's
+    start; `spent_s` have passed.
 
     Whole epochs of `steps_per_epoch` steps plus a validation each, then the test pass,
-    inside `budget_s` less a margin; if not even one epoch fits, one shortened epoch.
-    Averaging starts at step `average_start * total_steps` (average_start in [0, 1])."""
+    inside `budget_s` less a margin, and in the time left over a last, shorter epoch when
+    a tenth of one fits; if not even one epoch fits, one shortened epoch. Averaging starts
+    at step `average_start * total_steps` (average_start in [0, 1])."""
     margin = max(MARGIN_FRACTION * budget_s, MARGIN_MIN_S)
     available = budget_s - spent_s - speed["test_s"] - margin
-    epoch_s = EPOCH_OVERHEAD * (steps_per_epoch * speed["step_s"] + speed["valid_s"]
-                                + speed["save_s"])
+    per_epoch = EPOCH_OVERHEAD * (speed["valid_s"] + speed["save_s"])
+    epoch_s = EPOCH_OVERHEAD * steps_per_epoch * speed["step_s"] + per_epoch
     epochs = min(max_epochs, math.floor(available / epoch_s)) if epoch_s > 0 else max_epochs
-    batches = steps_per_epoch
-    if epochs < 1:  # a shortened epoch: as many steps as fit before one validation
-        epochs = 1
-        batches = max(1, math.floor((available - speed["valid_s"] - speed["save_s"])
-                                    / speed["step_s"]))
-        batches = min(batches, steps_per_epoch)
+    last = steps_per_epoch
+    if epochs < max_epochs:  # the time left over: a shorter last epoch, or a shortened one
+        spare = available - max(epochs, 0) * epoch_s - per_epoch
+        steps = min(steps_per_epoch, math.floor(spare / (EPOCH_OVERHEAD * speed["step_s"])))
+        if epochs < 1 or steps >= steps_per_epoch // 10:
+            epochs, last = max(epochs, 0) + 1, max(steps, 1)
     # Training must stop by the deadline to leave time for a validation and the test.
-    return fixed_plan(epochs, batches, average_start, budget_s=budget_s,
+    return fixed_plan(epochs, steps_per_epoch if epochs > 1 else last, average_start,
+                      budget_s=budget_s, last_epoch_batches=last,
                       train_deadline_s=budget_s - margin - speed["test_s"] - speed["valid_s"]
                       - speed["save_s"])
 
 
-def fixed_plan(epochs, steps_per_epoch, average_start, budget_s=None, train_deadline_s=None):
-    """The plan of a run without a budget (--schedule onecycle): its epochs as given."""
-    total = epochs * steps_per_epoch
-    return dict(epochs=epochs, batches_per_epoch=steps_per_epoch, total_steps=total,
-                average_from=math.floor(average_start * total), budget_s=budget_s,
-                train_deadline_s=train_deadline_s)
+def fixed_plan(epochs, steps_per_epoch, average_start, budget_s=None, train_deadline_s=None,
+               last_epoch_batches=None):
+    """The plan of a run without a budget (--schedule onecycle): its epochs as given (the
+    last one of `last_epoch_batches` steps when given)."""
+    last = steps_per_epoch if last_epoch_batches is None else last_epoch_batches
+    total = (epochs - 1) * steps_per_epoch + last
+    return dict(epochs=epochs, batches_per_epoch=steps_per_epoch, last_epoch_batches=last,
+                total_steps=total, average_from=math.floor(average_start * total),
+                budget_s=budget_s, train_deadline_s=train_deadline_s)
+
+
+def epochs_in_words(p):
+    """"3 epochs of 933 steps and a last of 400 (2,266 steps)", "1 epoch of 49 steps"."""
+    last = p.get("last_epoch_batches", p["batches_per_epoch"])  # (older plans lack it)
+    if p["epochs"] == 1:
+        return f"1 epoch of {plural(last, 'step')}"
+    whole = p["epochs"] - (last != p["batches_per_epoch"])
+    words = f"{plural(whole, 'epoch')} of {plural(p['batches_per_epoch'], 'step')}"
+    if last != p["batches_per_epoch"]:
+        words += f" and a last of {last:,}"
+    return words + f" ({p['total_steps']:,} steps)"
 
 
 def describe(p, speed, started_at, averages=True):
@@ -125,6 +143,6 @@ def describe(p, speed, started_at, averages=True):
     return (f"budget {p['budget_s'] / 60:g} min: measured {speed['step_s'] * 1000:.1f} ms per "
             f"step, {speed['valid_s']:.1f} s per validation, {speed['save_s']:.2f} s of "
             f"checkpoint writes per epoch, {speed['test_s']:.1f} s for the test\n"
-            f"plan: {plural(p['epochs'], 'epoch')} of {plural(p['batches_per_epoch'], 'step')} "
-            f"({p['total_steps']:,} steps){averaging}; training stops by "
+            f"plan: {epochs_in_words(p)}"
+            + f"{averaging}; training stops by "
             f"{p['train_deadline_s'] / 60:.1f} min at the latest; the run ends by {end}")

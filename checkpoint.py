@@ -12,6 +12,7 @@ torch.load(..., weights_only=True) on any PyTorch version. Two kinds, both with
   written beside the model file as <save>.state.pt.
 """
 
+import json
 import os
 import pickle
 import platform
@@ -171,12 +172,32 @@ def describe(path):
         n_params = f"{count_parameters(build_model(checkpoint['config'])):,} parameters"
     except (KeyError, TypeError, ValueError, RuntimeError):
         n_params = "a configuration that builds no model"
-    lines = [f"{path}: {checkpoint['kind']} checkpoint of a {checkpoint['config'].get('model')} "
-             f"model, {n_params}, vocabulary {len(checkpoint['vocab']):,}, "
-             f"after epoch {checkpoint['epoch']}"
-             + (f", valid ppl {checkpoint['valid_ppl']:.2f}" if "valid_ppl" in checkpoint else "")]
+    model = MODEL_NAMES.get(checkpoint["config"].get("model"), "an unknown model")
+    lines = [f"{path}: {checkpoint['kind']} checkpoint of {model}, {n_params}, vocabulary "
+             f"{len(checkpoint['vocab']):,}, after epoch {checkpoint['epoch']}"
+             + (f", valid ppl {checkpoint['valid_ppl']:.2f}" if "valid_ppl" in checkpoint else "")
+             + tested(path, checkpoint)]
     lines.append("settings: " + " ".join(f"{k}={v}" for k, v in sorted(checkpoint["args"].items())))
     return lines + describe_provenance(checkpoint.get("provenance", []))
+
+
+MODEL_NAMES = {"awd": "an AWD-LSTM", "lstm": "a baseline LSTM"}
+
+
+def tested(path, checkpoint):
+    """", test ppl 65.80 (batch 1)" when the run's summary beside a model checkpoint (train.py
+    writes <stem>.json at the end) tested this very model, else ""."""
+    summary_file = os.path.splitext(path)[0] + ".json"
+    try:
+        with open(summary_file, encoding="utf-8") as f:
+            summary = json.load(f)
+        if (checkpoint["kind"] == "model" and summary.get("test_ppl") is not None
+                and summary.get("best_epoch") == checkpoint["epoch"]
+                and summary.get("best_valid_ppl") == round(checkpoint["valid_ppl"], 3)):
+            return f", test ppl {summary['test_ppl']:.2f} (batch {summary['test_batch_size']})"
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass
+    return ""
 
 
 def precision(checkpoint):

@@ -22,6 +22,7 @@ import argparse
 import itertools
 import math
 import sys
+import time
 
 import torch
 
@@ -30,10 +31,10 @@ from checkpoint import CheckpointError
 from data import (Corpus, CorpusError, batchify, check_batch_size, mean_nll, scored_targets,
                   windows)
 from devices import PRECISIONS, pick_device, set_precision
-from settings import (COUNT, DEFAULT_DATA, FRACTION, NON_NEGATIVE, POSITIVE, Parser,
-                      SettingsError)
-from util import ppl, progress_bar
 from model import build_model, detach_hidden, without_dropout
+from settings import (COUNT, DEFAULT_DATA, FRACTION, NON_NEGATIVE, POSITIVE, Parser,
+                      SettingsError, ShowDefaults)
+from util import duration, ppl, progress_bar
 
 
 # --- Plain and cache evaluation: one streaming pass over a split -------------------------
@@ -112,16 +113,27 @@ def trainable_copy(model):
     return clone.train()
 
 
+ESTIMATE_AFTER = 20  # windows timed before saying how long a pass will take
+
+
+def say_estimate(what, done, total, started):
+    """On stderr: how long the rest of a pass of `total` windows will take, from the first
+    `done` (the pass began at `started`)."""
+    left = (time.perf_counter() - started) / done * (total - done)
+    print(f"{what}: {total:,} windows, about {duration(left)} to go (from the first {done})",
+          file=sys.stderr)
+
+
 def gradient_rms(model, data, batch_size, bptt, batches=None):
     """Root mean square, over `batches` windows of `data` (all of them when None), of each
     weight's gradient of the window's mean cross-entropy."""
     source = batchify(data, batch_size).to(next(model.parameters()).device)
     squares = [torch.zeros_like(p) for p in model.parameters()]
     hidden = model.init_hidden(batch_size)
-    n = 0
-    total = math.ceil((source.size(0) - 1) / bptt)
+    n, started = 0, time.perf_counter()
+    total = min(math.ceil((source.size(0) - 1) / bptt), batches or math.inf)
     for _, inputs, targets in progress_bar(itertools.islice(windows(source, bptt), batches),
-                                           "gradient stats", total=min(total, batches or total)):
+                                           "gradient stats", total=total):
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
         hidden = out.hidden
@@ -130,6 +142,8 @@ def gradient_rms(model, data, batch_size, bptt, batches=None):
             if p.grad is not None:  # (an adaptive softmax cluster no target reached: zero)
                 square += p.grad ** 2
         n += 1
+        if n == ESTIMATE_AFTER and total > n:
+            say_estimate("gradient statistics", n, total, started)
     return [torch.sqrt(square / n) for square in squares]
 
 
@@ -164,8 +178,8 @@ def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress=
     source = batchify(data, batch_size).to(originals[0].device)
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), dtype=torch.float64, device=originals[0].device)
-    bar = progress_bar(windows(source, segment), progress,
-                       total=math.ceil((source.size(0) - 1) / segment))
+    segments, started = math.ceil((source.size(0) - 1) / segment), time.perf_counter()
+    bar = progress_bar(windows(source, segment), progress, total=segments)
     for n, (row, inputs, targets) in enumerate(bar):
         model.zero_grad(set_to_none=True)
         out = model(inputs, detach_hidden(hidden))
@@ -174,6 +188,8 @@ def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress=
         total -= logp.detach().double().sum()
         (-logp.mean()).backward()
         dynamic_update(params, originals, step_sizes, pulls)
+        if n + 1 == ESTIMATE_AFTER and segments > n + 1:
+            say_estimate(progress, n + 1, segments, started)
         if not bar.disable and n % 50 == 0:
             bar.set_postfix(ppl=f"{ppl(total.item() / ((row + len(inputs)) * batch_size)):.2f}")
     return total.item(), scored_targets(len(data), batch_size)
@@ -183,17 +199,18 @@ def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress=
 
 def parse_args(argv=None):
     p = Parser(description="Perplexity of a checkpoint: plain, with a continuous cache "
-               "pointer, or with dynamic evaluation.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               "pointer, or with dynamic evaluation.", formatter_class=ShowDefaults)
     p.add_argument("--checkpoint", required=True, help="a model checkpoint written by train.py")
     p.add_argument("--data", default=None,
                    help="corpus directory (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--split", choices=("valid", "test"), default="test",
+                   help="the split to score")
     p.add_argument("--batch_size", type=COUNT, default=1, help="the paper evaluates test at 1")
     p.add_argument("--bptt", type=COUNT, default=70, help="tokens per forward pass")
     p.add_argument("--max-tokens", dest="max_tokens", type=COUNT, default=None,
                    help="score only the first N tokens of --split (default: all)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to evaluate (auto: CUDA when available, else the CPU)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="float32 math as train.py --precision sets it (bf16: its float32 "
                         "parts; evaluation is float32); default: the checkpoint's")
@@ -248,7 +265,8 @@ LAMBDAS = [0.05, 0.1, 0.1279, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
 
 
 def report(name, split, nll, count):
-    print(f"{name:<24} {split} ppl {ppl(nll):9.2f}   ({count:,} target tokens)")
+    """One result line; the perplexity first, so that the lines align whatever the name."""
+    print(f"{split} ppl {ppl(nll):9.2f}  ({count:,} target tokens)  {name}")
 
 
 # The --tune-dynamic grid: multiples of --dyn-lr, and decays around Krause et al.'s 0.02.
@@ -296,9 +314,12 @@ def run(args):
     set_precision(args.precision or checkpoint.precision(saved), device, training=False)
     corpus = Corpus(args.data or saved["args"].get("data") or DEFAULT_DATA)
     checkpoint.check_vocabulary(args.checkpoint, saved["vocab"], corpus)
-    differs = checkpoint.data_differs(saved.get("provenance", []), corpus, args.split)
-    if differs:
-        print(differs, file=sys.stderr)
+    splits = [args.split] + (["valid"] if (args.tune_cache or args.tune_dynamic)
+                             and args.split != "valid" else [])
+    for split in splits:  # (tuning reads the valid split too)
+        differs = checkpoint.data_differs(saved.get("provenance", []), corpus, split)
+        if differs:
+            print(differs, file=sys.stderr)
     data = getattr(corpus, args.split)[:args.max_tokens]  # (None: all of it)
     needs = [(args.split, "--batch_size", args.batch_size)]
     if args.tune_cache or args.tune_dynamic:
@@ -348,6 +369,10 @@ def main(argv=None):
         run(args)
     except (CheckpointError, CorpusError, SettingsError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written (evaluate.py only reads the checkpoint)",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

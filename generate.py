@@ -11,7 +11,7 @@ becomes a line break) unless --raw asks for WikiText tokens. The checkpoint is t
 input: it carries the model's configuration and vocabulary.
 """
 
-import argparse
+import hashlib
 import sys
 
 import torch
@@ -20,7 +20,7 @@ import checkpoint
 from checkpoint import CheckpointError
 from data import EOS, UNK, detokenize, tokenize
 from devices import PRECISIONS, pick_device, set_precision
-from settings import COUNT, SEED, Parser, SettingsError, check_output_file, checked
+from settings import COUNT, SEED, Parser, SettingsError, ShowDefaults, check_output_file, checked
 
 
 def filter_logits(logits, top_k=0, top_p=1.0):
@@ -49,9 +49,12 @@ def next_token(logits, temperature, top_k, top_p, generator):
 @torch.no_grad()
 def generate(model, vocab, prompt_tokens, words, temperature=1.0, top_k=0, top_p=1.0,
              seed=1111, allow_unk=False):
-    """The prompt's tokens followed by `words` sampled tokens (a list of strings)."""
+    """The prompt's tokens followed by `words` sampled tokens (a list of strings). The draws
+    come from a generator seeded by `seed` and the prompt together: the same seed and
+    prompt give the same text, and another prompt other draws, so that even a weak model,
+    whose next-word guesses hardly depend on the prompt, does not repeat itself."""
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)  # sampling on the CPU: same seed, same text
+    generator = torch.Generator().manual_seed(sampling_seed(seed, prompt_tokens))
     context = vocab.encode(prompt_tokens or [EOS])
     out = model(torch.tensor(context, device=device).view(-1, 1), model.init_hidden(1))
     hidden, logits = out.hidden, model.scores(out)[-1, 0].float().cpu()
@@ -67,9 +70,15 @@ def generate(model, vocab, prompt_tokens, words, temperature=1.0, top_k=0, top_p
     return list(prompt_tokens) + sampled
 
 
+def sampling_seed(seed, prompt_tokens):
+    """A seed for the sampler's generator from --seed and the prompt."""
+    text = f"{seed}:{' '.join(prompt_tokens)}".encode("utf-8")
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little")
+
+
 def parse_args(argv=None):
     p = Parser(description="Sample text from a trained checkpoint.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=ShowDefaults)
     p.add_argument("--checkpoint", required=True, help="a model checkpoint written by train.py")
     p.add_argument("--prompt", default="", help="text the sample continues")
     p.add_argument("--words", type=COUNT, default=100, help="tokens to sample")
@@ -83,7 +92,8 @@ def parse_args(argv=None):
                    type=checked(float, lambda v: 0 < v <= 1, "be in (0, 1]"),
                    help="sample among the most likely words whose probability reaches p")
     p.add_argument("--seed", type=SEED, default=1111, help="same seed, same text")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to sample (auto: CUDA when available, else the CPU)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="float32 math as train.py --precision sets it (sampling is float32); "
                         "default: the checkpoint's")
@@ -121,8 +131,12 @@ def main(argv=None):
     unknown = sorted({t for t in prompt if t not in vocab})
     if unknown:
         print(f"not in the vocabulary, read as {UNK}: {', '.join(unknown)}", file=sys.stderr)
-    tokens = generate(model, vocab, prompt, args.words, args.temperature, args.top_k,
-                      args.top_p, args.seed, args.allow_unk)
+    try:
+        tokens = generate(model, vocab, prompt, args.words, args.temperature, args.top_k,
+                          args.top_p, args.seed, args.allow_unk)
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
     text = render(tokens, args.raw)
     if args.outf:
         try:

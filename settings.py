@@ -81,6 +81,16 @@ def check_output_file(path, flag):
                             "there would destroy it, so choose another file")
 
 
+class ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that ends each flag's text with its default, unless there is none to show (None
+    or False) or the text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with errors as one line on stderr ("error: --lr must be positive (got -1)")
     and exit status 1, like every other refusal of these scripts; and every flag accepted
@@ -130,9 +140,10 @@ SETTINGS = (
     # What to train. The model's defaults: awd is Merity et al.'s WikiText-2 recipe, lstm
     # the PyTorch word-language-model example's "medium" model (lr / 4 on a plateau).
     S("model", ("awd", "lstm"), "awd", "which model (or the --recipe's)", MODEL),
-    S("recipe", ("paper", "1cycle"), "paper", "paper: the model's defaults; 1cycle: Gugger "
-      "and Howard's 90-epoch AWD-LSTM recipe, Adam on a 1cycle schedule (lr 5e-3, batch 100, "
-      "clip 0.12, dropouts 0.4/0.2/0.6/0.1/0.5, AR/TAR 3/1.5)"),
+    S("recipe", ("paper", "1cycle", "cpu30"), "paper", "paper: the model's defaults; 1cycle: "
+      "Gugger and Howard's 90-epoch AWD-LSTM recipe, Adam on a 1cycle schedule (lr 5e-3, "
+      "batch 100, clip 0.12, dropouts 0.4/0.2/0.6/0.1/0.5, AR/TAR 3/1.5); cpu30: the best "
+      "model 30 minutes of a 2-core CPU train (a 400-unit LSTM, adaptive softmax, SGD)"),
     S("data", str, DEFAULT_DATA, "corpus directory", resumable=True,
       shown="data/wikitext-2 beside train.py"),
     S("emsize", COUNT, {"awd": 400, "lstm": 650}, "embedding size", MODEL),
@@ -212,6 +223,13 @@ RECIPES = {
     "1cycle": dict(model="awd", optimizer="adam", schedule="1cycle", lr=5e-3, epochs=90,
                    batch_size=100, bptt=70, clip=0.12, wdecay=1.2e-6, alpha=3.0, beta=1.5,
                    dropouti=0.6, dropout=0.4, wdrop=0.5, dropoute=0.1, dropouth=0.2),
+    # The README's first run: the best model that 30 minutes of a 2-core CPU train here,
+    # chosen by measurement (results/cpu30/): a one-layer 400-unit LSTM with an adaptive
+    # softmax (whose head holds the 2,000 commonest words), plain SGD at the PyTorch
+    # example's lr and batch, the weights averaged over the last quarter of the planned steps.
+    "cpu30": dict(model="lstm", emsize=400, nhid=400, nlayers=1, tied=False,
+                  cutoffs=[2000, 10000], dropout=0.2, batch_size=20, bptt=35, lr=20.0,
+                  optimizer="sgd", schedule="ntasgd", budget_minutes=30.0, epochs=50),
 }
 
 

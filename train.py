@@ -41,6 +41,10 @@ from trainer import Trainer, TrainingError
 from util import plural, ppl
 
 
+# The README's first run: the best model that 30 minutes of a 2-core CPU train here.
+FIRST_RUN = "python train.py --recipe cpu30"
+
+
 def parse_args(argv=None):
     p = Parser(description="Train an LSTM language model (baseline or AWD-LSTM) with truncated "
                            "BPTT.",
@@ -162,15 +166,15 @@ def announce(trainer, args, device, started):
     print(f"device: {device.type} ({describe_device(device)}, {s['precision']}) | "
           f"{batch}model: {s['model']}, {n_params:,} parameters | vocabulary "
           f"{len(corpus.dictionary):,} | train {len(corpus.train):,} tokens")
-    if device.type == "cpu" and n_params > 10_000_000:
-        print("note: on a CPU a model this size trains slowly: the full AWD-LSTM ran at about "
-              "1,000 tokens/s on a 2-core machine,\n  35 minutes per WikiText-2 epoch, so the "
-              "750-epoch recipe takes weeks. A run that finishes in minutes:\n  python "
-              "train.py --model awd --emsize 200 --nhid 400 --batch_size 20 --epochs 2 "
-              "--max-batches 200 --save checkpoints/awd-small.pt")
+    if device.type == "cpu" and n_params > 10_000_000 and not s["budget_minutes"]:
+        print(f"note: on a CPU a model this size trains slowly (the paper's AWD-LSTM: about "
+              f"1,000 tokens/s on 2 cores, 35 minutes an epoch), and {s['epochs']} epochs "
+              f"take a long time; training anyway (Ctrl-C stops it, saving the state).\n"
+              f"  A model worth sampling in 30 minutes of a CPU: {FIRST_RUN}")
     if args.resume:
-        print(f"resuming {args.resume} after epoch {trainer.epoch}"
-              + (" (mid-epoch)" if trainer.position is not None else ""))
+        where = (f"in epoch {trainer.epoch + 1}, after its batch {trainer.position.batches}"
+                 if trainer.position is not None else f"after epoch {trainer.epoch}")
+        print(f"resuming {args.resume} {where}")
     if s["budget_minutes"] or s["schedule"] in ("onecycle", "1cycle"):
         plan_run(trainer, args, started)
         if s["schedule"] == "1cycle":
@@ -275,12 +279,16 @@ def test_best_model(trainer, device):
 
 
 def summarize(trainer, test_loss, stopped):
-    """The run's final numbers, for <save stem>.json."""
+    """The run's final numbers, for <save stem>.json: the model file (None when no epoch
+    wrote one), and the minutes of training and validation so far, an unfinished epoch's
+    included."""
     rows = trainer.metrics
     best = min(rows, key=lambda r: r["valid_loss"]) if rows else None
+    seconds = (rows[-1].get("elapsed_s", 0.0) if rows else 0.0) + (
+        trainer.position.seconds if trainer.position is not None else 0.0)
     return dict(
-        model=trainer.model_path, epochs=trainer.epoch, stopped=stopped,
-        minutes=round(rows[-1].get("elapsed_s", 0) / 60, 2) if rows else 0.0,
+        model=trainer.model_path if test_loss is not None else None, epochs=trainer.epoch,
+        stopped=stopped, minutes=round(seconds / 60, 2),
         best_epoch=best and best["epoch"], best_valid_ppl=best and best["valid_ppl"],
         test_ppl=None if test_loss is None else round(ppl(test_loss), 3),
         test_loss=None if test_loss is None else round(test_loss, 6),
@@ -307,8 +315,9 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write(f"stopping {self.when}; the training state will be saved "
-                   "(Ctrl-C again aborts at once)")
+        again = "Ctrl-C again" if signum == signal.SIGINT else "another SIGTERM or a Ctrl-C"
+        tqdm.write(f"stopping {self.when}; the training state will be saved ({again} "
+                   "aborts at once)")
 
 
 def main(argv=None):

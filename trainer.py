@@ -29,6 +29,7 @@ from optim import (AVERAGING, RunningAverage, make_optimizer, make_scheduler,
 from util import plural, ppl, progress_bar
 
 DIVERGED = 10.0  # nats above a uniform guess at which a run counts as diverged
+SYNC_SECONDS = 5.0  # sync points come at least this often (and every --log-interval batches)
 MIN_WINDOW = 2  # like the reference code, an epoch leaves out a last window of one target
 
 
@@ -94,6 +95,8 @@ class EpochSums:
         self.batches = position.batches
         self.started = time.time() - position.seconds
         self.checked = (self.total, self.all_tokens, self.batches)
+        self.synced_at = (time.time(), self.batches)  # the last sync point
+        self.next_sync = self.batches + 1  # the first batch shows a loss at once
 
     def add(self, loss, tokens):
         self.loss_sum += loss.double() * tokens
@@ -198,13 +201,15 @@ class Trainer:
     # Training ------------------------------------------------------------------------------
 
     def train_epoch(self, stop, max_batches, log_interval, on_progress=None, save_every=None):
-        """One pass over the training split (or what is left of an interrupted one). Every
-        `log_interval` batches comes a sync point (`sync`): the loss is read, checked and
-        its mean so far passed to `on_progress(step, loss, lr, tokens_per_s)`. Every
-        `save_every` seconds (if given) the state is saved mid-epoch, to resume from exactly
-        like an end-of-epoch state. Returns the mean training loss, or None when stopped by
-        a signal (`stop`). A stop, a passed deadline and a due save take effect after the
-        batch that sees them on one process; under torchrun at the next sync point."""
+        """One pass over the training split (or what is left of an interrupted one). At
+        sync points (`sync`: after the first batch, then every `log_interval` batches or
+        SYNC_SECONDS, whichever comes first) the loss is read, checked and its mean so far
+        passed to `on_progress(step, loss, lr, tokens_per_s)`. Every `save_every` seconds
+        (if given) the state is saved mid-epoch, to resume from exactly like an end-of-epoch
+        state. Returns the mean training loss, or None when stopped by a signal (`stop`),
+        also at the epoch's end, so that the state is saved before any validation. A stop,
+        a passed deadline and a due save take effect after the batch that sees them on one
+        process; under torchrun at the next sync point."""
         s, group, data = self.s, self.group, self.train_data
         self.model.train()
         if self.position is None:
@@ -212,8 +217,10 @@ class Trainer:
         sums = EpochSums(self.position, group, self.device)
         hidden, row, last_save = self.position.hidden, self.position.index, time.time()
         seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
-        if self.plan is not None:
-            max_batches = self.plan["batches_per_epoch"]
+        if self.plan is not None:  # (a budget's last epoch may be shorter)
+            last = self.epoch + 1 >= self.plan["epochs"]
+            max_batches = self.plan.get("last_epoch_batches" if last else "batches_per_epoch",
+                                        self.plan["batches_per_epoch"])
         left = None if max_batches is None else max(max_batches - sums.batches, 0)
         at_end = stopping = False
         with progress_bar(total=self.steps_per_epoch(max_batches), initial=sums.batches,
@@ -233,10 +240,11 @@ class Trainer:
                 requests = (  # what this process alone may have seen: stop, late, save due
                     stop.requested, self.deadline is not None and time.time() >= self.deadline,
                     save_every is not None and time.time() - last_save >= save_every)
-                if sums.batches % log_interval and not at_end and not (
+                if sums.batches < sums.next_sync and not at_end and not (
                         group.size == 1 and any(requests)):
                     continue
-                stopping, late, save_due = self.sync(sums, requests, base_lr, bar, on_progress)
+                stopping, late, save_due = self.sync(sums, requests, base_lr, bar, on_progress,
+                                                     log_interval)
                 if late:
                     self.out_of_time = at_end = True  # a budget: end the epoch here
                 if stopping or self.out_of_time:
@@ -246,8 +254,8 @@ class Trainer:
                     self.save_state()
                     last_save = time.time()
         self.position = sums.position(row, hidden, group)
-        if stopping and not at_end:
-            return None
+        if stopping:  # (at the end of the epoch too: saved before its validation, which
+            return None  # a resume then runs)
         return self.position.loss_sum / self.position.tokens
 
     def after_step(self):
@@ -262,14 +270,24 @@ class Trainer:
             self.averaged.update_parameters(self.model)
         self.steps += 1
 
-    def sync(self, sums, requests, lr, bar, on_progress):
+    def sync(self, sums, requests, lr, bar, on_progress, log_interval):
         """A sync point, the loop's one wait for the device: under torchrun the processes
-        add up their losses, tokens and requests here. Checks the mean loss since the last
-        check for divergence, shows the progress (with the step's base `lr`), and returns
-        the requests that any process made: (stop, late, save due)."""
-        counts = torch.tensor([sums.tokens, *requests], dtype=torch.float64, device=self.device)
+        add up their losses, tokens, seconds per batch and requests here, and agree on when
+        the next comes: after `log_interval` batches, or sooner so that it comes within
+        SYNC_SECONDS (a stop is honoured that soon whatever --log-interval says). Checks
+        the mean loss since the last check for divergence, shows the progress (with the
+        step's base `lr`), and returns the requests that any process made: (stop, late,
+        save due)."""
+        (at, batches), now = sums.synced_at, time.time()
+        step_s = (now - at) / max(sums.batches - batches, 1)
+        counts = torch.tensor([sums.tokens, step_s, *requests], dtype=torch.float64,
+                              device=self.device)
         totals = self.group.sum(torch.cat([sums.loss_sum.view(1), counts])).tolist()
         sums.total, sums.all_tokens = totals[0], round(totals[1])
+        mean_step_s = totals[2] / self.group.size  # the same number on every process
+        sums.synced_at = (now, sums.batches)
+        sums.next_sync = sums.batches + max(1, min(log_interval,
+                                                   int(SYNC_SECONDS / max(mean_step_s, 1e-9))))
         checked_sum, checked_tokens, checked_batches = sums.checked
         recent = (sums.total - checked_sum) / (sums.all_tokens - checked_tokens)
         if self.diverged(recent):
@@ -282,7 +300,7 @@ class Trainer:
                         tok_s=f"{tokens_per_s:,.0f}")
         if on_progress is not None:
             on_progress(self.steps, mean_loss, lr, tokens_per_s)
-        return tuple(v > 0 for v in totals[2:])
+        return tuple(v > 0 for v in totals[3:])
 
     def diverged(self, loss):
         """A mean loss that shows the run blew up: not finite, or DIVERGED nats above that of

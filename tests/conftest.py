@@ -2,8 +2,8 @@
 model (made once per session), and the rule that every test runs on the CPU whatever the
 machine but those marked `cuda`, which skip without a GPU.
 
-Tests never read or write the repository's own checkpoints/: they work in pytest's
-temporary directories.
+Tests never read or write the repository's own checkpoints/ (or anything else a user
+makes): each runs in a temporary directory of its own.
 """
 
 import numpy as np
@@ -26,6 +26,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def away_from_the_repository(tmp_path, monkeypatch):
+    """Every test runs in a temporary directory of its own, so that what a run writes by
+    default (checkpoints/<model>.pt, relative to the working directory) never touches the
+    repository's checkpoints/, nor does a user's run there change what a test sees."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,8 @@ import checkpoint
 import runlog
 import train
 import trainer as trainer_module
-from settings import defaults
 from data import Corpus
+from settings import defaults
 
 SPEED = dict(step_s=0.1, valid_s=2.0, test_s=5.0, save_s=0.5)
 
@@ -22,7 +22,7 @@ def test_the_plan_fits_whole_epochs_after_the_test_and_a_margin():
     p = budget.plan(600.0, 10.0, SPEED, steps_per_epoch=100, max_epochs=750, average_start=0.75)
     margin = max(budget.MARGIN_FRACTION * 600, budget.MARGIN_MIN_S)
     epoch_s = budget.EPOCH_OVERHEAD * (100 * 0.1 + 2.0 + 0.5)
-    assert p["epochs"] == math.floor((600 - 10 - 5 - margin) / epoch_s)
+    assert p["epochs"] == math.floor((600 - 10 - 5 - margin) / epoch_s)  # (no room for more)
     assert p["epochs"] * epoch_s + 10 + 5 <= 600
     assert p["total_steps"] == 100 * p["epochs"]
     assert p["average_from"] == math.floor(0.75 * p["total_steps"])
@@ -33,7 +33,21 @@ def test_the_plan_never_exceeds_the_epochs_asked_for_and_shortens_one_that_does_
     assert budget.plan(600.0, 0.0, SPEED, 100, max_epochs=3, average_start=0.5)["epochs"] == 3
     short = budget.plan(20.0, 0.0, SPEED, steps_per_epoch=1000, max_epochs=10, average_start=0.5)
     assert short["epochs"] == 1
-    assert short["batches_per_epoch"] == math.floor((20 - 2.0 - 5 - 2.0 - 0.5) / 0.1)
+    overhead = budget.EPOCH_OVERHEAD
+    steps = math.floor((20 - 2.0 - 5 - overhead * (2.0 + 0.5)) / (overhead * 0.1))
+    assert short["batches_per_epoch"] == short["last_epoch_batches"] == steps
+
+
+def test_the_time_left_after_whole_epochs_goes_to_a_shorter_last_one():
+    p = budget.plan(300.0, 0.0, SPEED, steps_per_epoch=1000, max_epochs=50, average_start=0.75)
+    margin = max(budget.MARGIN_FRACTION * 300, budget.MARGIN_MIN_S)
+    whole = budget.EPOCH_OVERHEAD * (1000 * 0.1 + 2.0 + 0.5)
+    assert p["epochs"] == math.floor((300 - 5 - margin) / whole) + 1 == 3
+    last = p["last_epoch_batches"]
+    assert 100 <= last < 1000 and p["total_steps"] == 2 * 1000 + last
+    spent = 2 * whole + budget.EPOCH_OVERHEAD * (last * 0.1 + 2.0 + 0.5) + 5 + margin
+    assert 300 - budget.EPOCH_OVERHEAD * 0.1 < spent <= 300  # the budget, filled
+    assert "plan: 2 epochs of 1,000 steps and a last of " in budget.describe(p, SPEED, 0.0)
 
 
 def test_measuring_leaves_the_model_and_the_random_state_untouched(repeating, tmp_path):
@@ -123,3 +137,11 @@ def test_a_budget_stretches_the_1cycle_phases_over_the_planned_steps(repeating, 
     assert f"schedule 1cycle over {total:,} steps" in out
     assert state["scheduler"]["total_steps"] == total  # its phases span the planned steps
     assert state["averaged"] is None and json.load(open(tmp_path / "b.json"))["test_ppl"]
+
+
+def test_the_plan_of_one_epoch_says_its_steps_once():
+    plan = budget.fixed_plan(1, 49, 0.75, budget_s=60.0, train_deadline_s=50.0)
+    line = budget.describe(plan, SPEED, time.time()).splitlines()[1]
+    assert line.startswith("plan: 1 epoch of 49 steps, averaging from step 36; training stops")
+    two = budget.fixed_plan(2, 49, 0.75, budget_s=60.0, train_deadline_s=50.0)
+    assert "plan: 2 epochs of 49 steps (98 steps)," in budget.describe(two, SPEED, time.time())

@@ -16,6 +16,7 @@ import torch
 import checkpoint
 import devices
 import runlog
+import trainer as trainer_module
 from devices import Group, float32_math, set_precision
 from model import build_model
 from settings import SettingsError, defaults
@@ -256,3 +257,26 @@ def test_a_setting_that_fails_on_every_process_is_said_once(tmp_path, make_corpu
     message = "error: --batch_size 3 does not split evenly over 2 processes"
     assert done.stderr.count(message) == 1
     assert not (tmp_path / "odd.pt").exists() and not (tmp_path / "odd.lock").exists()
+
+
+def test_ctrl_c_to_torchrun_saves_within_seconds_whatever_the_log_interval(tmp_path,
+                                                                           make_corpus, tiny):
+    """torchrun waits 30 s for its processes after a Ctrl-C, then kills them: the stop
+    must be agreed on and the state saved long before, with no validation first."""
+    data = random_corpus(make_corpus, 6000, seed=2)  # an epoch of tens of seconds
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = subprocess.Popen(
+        command(tiny["awd"] + ["--data", data, "--epochs", "1", "--log-interval", "100000",
+                               "--save", tmp_path / "m.pt"], 2),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in launcher.stdout:  # training begins after this line
+        if line.startswith("device: "):
+            break
+    time.sleep(3)
+    sent = time.time()
+    launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=120)
+    assert "training state saved" in out, out + err
+    assert os.path.getmtime(tmp_path / "m.state.pt") - sent < trainer_module.SYNC_SECONDS + 10
+    state = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")
+    assert state["epoch"] == 0 and state["position"] is not None  # mid-epoch, unvalidated

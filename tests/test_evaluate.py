@@ -204,7 +204,7 @@ def test_info_and_a_warning_when_the_data_differ_from_the_training_data(awd, tmp
                                                                          capsys):
     evaluate.main(["--checkpoint", awd["path"], "--info"])
     out = capsys.readouterr().out
-    assert "model checkpoint of a awd model" in out and "sha256 train " in out
+    assert "model checkpoint of an AWD-LSTM" in out and "sha256 train " in out
     evaluate.main(["--checkpoint", awd["path"]])
     assert "warning" not in capsys.readouterr().err  # its own data
     other = tmp_path / "other"
@@ -235,3 +235,53 @@ def test_max_tokens_scores_only_the_first_tokens_of_the_split(awd, capsys):
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--checkpoint", awd["path"], "--max-tokens", "3", "--batch_size", "2"])
     assert "--max-tokens 3 leaves fewer than 2 tokens per column" in exit_.value.code
+
+
+# --- The first hour -------------------------------------------------------------------------
+
+def test_ctrl_c_is_one_line_and_exit_130(awd, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "mean_nll", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--checkpoint", awd["path"]])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip() == ("interrupted; nothing was written (evaluate.py "
+                                               "only reads the checkpoint)")
+
+
+def test_dynamic_evaluation_says_how_long_it_will_take(awd, capsys):
+    evaluate.main(["--checkpoint", awd["path"], "--dynamic", "--dyn-stat-batches", "30",
+                   "--dyn-stat-batch-size", "4", "--max-tokens", "150"])
+    err = capsys.readouterr().err
+    assert "gradient statistics: 30 windows, about " in err and " to go (from the first 20)" in err
+    assert "dynamic: 30 windows, about" in err  # 150 tokens at batch 1, segments of 5
+
+
+def test_tuning_on_valid_warns_when_the_valid_split_differs(awd, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("train.txt", "test.txt"):
+        (other / name).write_bytes(open(os.path.join(awd["root"], name), "rb").read())
+    (other / "valid.txt").write_text(open(os.path.join(awd["root"], "valid.txt")).read()[::-1])
+    evaluate.main(["--checkpoint", awd["path"], "--data", str(other), "--tune-cache",
+                   "--window", "20"])
+    err = capsys.readouterr().err
+    assert "warning: the valid split of " in err and "warning: the test split" not in err
+
+
+def test_help_names_every_flag_and_no_empty_default(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "--split {valid,test} the split to score (default: test)" in text
+    assert "--device {auto,cpu,cuda} where to evaluate" in text
+
+
+def test_the_result_lines_align_whatever_the_method(awd, capsys):
+    evaluate.main(["--checkpoint", awd["path"], "--cache", "--window", "20"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if " ppl " in line]
+    assert len(lines) == 2 and lines[0].index("(") == lines[1].index("(")
+    assert lines[0].endswith("plain") and "cache (W 20" in lines[1]

@@ -1,5 +1,6 @@
 """Tests of generate.py on the tiny model that conftest.py trains."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import torch
 
 import checkpoint
 import generate
+from data import Vocabulary
 from devices import float32_math, set_precision
+from model import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,7 +132,9 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
 def test_info_prints_how_the_checkpoint_was_trained(lstm, capsys):
     generate.main(["--checkpoint", lstm, "--info"])
     out = capsys.readouterr().out
-    assert out.startswith(f"{lstm}: model checkpoint of a lstm model")
+    assert out.startswith(f"{lstm}: model checkpoint of a baseline LSTM, ")
+    summary = json.load(open(lstm.replace(".pt", ".json")))  # what train.py tested
+    assert f", test ppl {summary['test_ppl']:.2f} (batch 1)" in out.splitlines()[0]
     assert "settings: " in out and "batch_size=4" in out
     assert "started 20" in out and "python train.py --model lstm" in out
     assert "torch " + torch.__version__ in out and "sha256 train " in out
@@ -152,3 +157,25 @@ def test_sampling_applies_the_checkpoints_precision_or_the_flags(lstm, capsys):
     generate.main(["--checkpoint", lstm, "--words", "3", "--precision", "fp32"])
     assert float32_math() == ("ieee", "ieee")
     set_precision("torch", cpu)
+
+
+def test_a_weak_model_samples_other_words_after_another_prompt(tmp_path):
+    torch.manual_seed(0)  # an untrained model: its next-word guesses ignore the prompt
+    words = [f"w{i}" for i in range(50)] + ["<eos>", "<unk>"]
+    model = build_model(dict(model="lstm", ntoken=len(words), emsize=8, nhid=8)).eval()
+    vocab = Vocabulary(words)
+    first, second = (generate.generate(model, vocab, [prompt], 20, seed=1111)[1:]
+                     for prompt in ("w1", "w2"))
+    assert first != second
+    assert generate.generate(model, vocab, ["w1"], 20, seed=1111)[1:] == first
+
+
+def test_ctrl_c_while_sampling_is_one_line_and_exit_130(lstm, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "generate", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        generate.main(["--checkpoint", lstm])
+    assert exit_.value.code == 130 and capsys.readouterr().err.strip() == (
+        "interrupted; nothing was written")

@@ -119,3 +119,10 @@ def test_the_resume_command_repeats_what_a_resume_may_set_and_parses_back():
         if s.resumable or (s.part == RUN and s.name not in ("resume", "overwrite")):
             assert getattr(again, s.name) == getattr(args, s.name), s.name
     assert again.lr is None and not again.overwrite  # the run's own, and a new run's flag
+
+
+def test_the_help_of_lr_fits_every_optimizer():
+    p = Parser(prog="x")
+    settings.add_flags(p)
+    text = " ".join(p.format_help().split())
+    assert "SGD learning rate" not in text and "--lr LR learning rate (the peak" in text
