@@ -10,8 +10,12 @@ torch.load(..., weights_only=True) on any PyTorch version. Two kinds, both with
 - kind "state": everything train.py needs to continue a run exactly (raw and averaged
   weights, optimizer, epoch and position, validation history, RNG states, metrics);
   written beside the model file as <save>.state.pt.
+Each also holds `checksum`, the sha256 of its tensors, which `load` checks: torch.load
+does not notice bytes changed on disk.
 """
 
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -52,8 +56,34 @@ def state_path(model_path):
 
 def save(path, checkpoint):
     """Write atomically (util.write_atomically), so an interrupted write never leaves a
-    broken or missing checkpoint."""
-    write_atomically(path, lambda f: torch.save(checkpoint, f), binary=True)
+    broken or missing checkpoint, with a checksum of its tensors that `load` verifies; a
+    failed write is a util.WriteFailed."""
+    buffer = io.BytesIO()
+    torch.save(dict(checkpoint, checksum=tensor_checksum(checkpoint)), buffer)
+    write_atomically(path, buffer.getvalue())
+
+
+def tensor_checksum(checkpoint):
+    """sha256 of every tensor a checkpoint holds (its place, dtype, shape and bytes), in a
+    fixed order: torch.load does not check the archive's CRCs, so damage to the bytes of a
+    tensor (bit rot, a bad disk) would otherwise load as other weights."""
+    digest = hashlib.sha256()
+
+    def visit(value, place):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu()
+            digest.update(f"{place}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if key != "checksum":
+                    visit(value[key], f"{place}/{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{place}/{i}")
+
+    visit(checkpoint, "")
+    return digest.hexdigest()
 
 
 def load(path, kind=None):
@@ -78,6 +108,10 @@ def load(path, kind=None):
     if checkpoint.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {checkpoint.get('version')}; "
                               f"this code reads version {VERSION}")
+    if "checksum" in checkpoint and checkpoint["checksum"] != tensor_checksum(checkpoint):
+        raise CheckpointError(f"{path} is damaged: its tensors no longer match the checksum "
+                              "written with them (a bad disk, or a copy cut short); use an "
+                              "earlier copy")
     if kind == "model" and checkpoint.get("kind") == "state":
         raise CheckpointError(
             f"{path} is a training state, for train.py --resume; pass the model checkpoint "
@@ -204,6 +238,28 @@ def precision(checkpoint):
     """The --precision of the run that wrote `checkpoint` (torch's defaults for a checkpoint
     from before the setting existed); the scripts that read it apply the same."""
     return checkpoint["args"].get("precision", "torch")
+
+
+def check_same_data(resume, state, corpus, data_changed):
+    """Refuse to resume `state` (from the file `resume`) on data files other than those the
+    run last trained on (its latest provenance record's sha256), unless `data_changed`
+    (train.py --data-changed), which only warns."""
+    records = state.get("provenance") or []
+    recorded = records[-1]["data_sha256"] if records else {}
+    changed = [split for split, digest in recorded.items()
+               if corpus.sha256.get(split) not in (None, digest)]
+    if not changed:
+        return
+    what = f"the {' and '.join(changed)} file{'s' if len(changed) > 1 else ''} of {corpus.path}"
+    if not data_changed:
+        raise CheckpointError(f"{what} changed since {resume} last trained on them "
+                            f"(sha256 {corpus.sha256[changed[0]][:12]}... now, "
+                            f"{recorded[changed[0]][:12]}... then); resuming on other data "
+                            "makes another run than this one: pass --data-changed to "
+                            "continue anyway")
+    print(f"warning: {what} changed since the run last trained on them; continuing as asked "
+          "(--data-changed), the run is no longer the one it was (its provenance records "
+          "both)")
 
 
 def load_model(path, device="cpu"):

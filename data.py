@@ -8,7 +8,8 @@ paragraph per line, tokens separated by spaces). Two layouts are accepted:
 Every line, blank ones included, ends with one `<eos>` token: this is the convention
 under which the published token counts hold (WikiText-2 train: 2,088,628 tokens).
 Files are streamed line by line into int64 ids, so memory stays near 8 bytes per token
-(a 100M-token corpus: about 1 GiB), and a large corpus is cached as ids beside its files.
+(a 100M-token corpus: about 1 GiB), and a large corpus is cached as ids beside its files
+(with their checksum: a damaged cache is read again from the files).
 
 The file also holds the WikiText-style tokenizer for free text (`tokenize`) and its
 inverse (`detokenize`), which generate.py uses for prompts and for readable output.
@@ -17,6 +18,7 @@ inverse (`detokenize`), which generate.py uses for prompts and for readable outp
 import array
 import functools
 import hashlib
+import io
 import math
 import os
 import re
@@ -140,7 +142,7 @@ def file_sha256(path):
 # sha256 against it and loads the ids instead of tokenizing again.
 CACHE_MIN_BYTES = 64 * 2**20
 CACHE_NAME = ".corpus-cache.pt"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # (2: with the checksum of its token ids)
 
 
 class Corpus:
@@ -185,6 +187,11 @@ class Corpus:
             saved = torch.load(cache, map_location="cpu", weights_only=True)
             if saved["version"] != CACHE_VERSION or saved["sha256"] != sha256:
                 return False
+            if saved.get("ids_sha256") != ids_checksum(saved["train"], saved["valid"],
+                                                       saved["test"]):
+                print(f"note: {cache} is damaged (its token ids no longer match their "
+                      "checksum); reading the corpus again", file=sys.stderr)
+                return False
             self.dictionary = Vocabulary(saved["vocab"])
             self.train, self.valid, self.test = saved["train"], saved["valid"], saved["test"]
             self.unk_replaced = saved["unk_replaced"]
@@ -197,12 +204,23 @@ class Corpus:
         cache = os.path.join(self.path, CACHE_NAME)
         contents = dict(version=CACHE_VERSION, sha256=self.sha256,
                         vocab=self.dictionary.idx2word, train=self.train, valid=self.valid,
-                        test=self.test, unk_replaced=self.unk_replaced)
+                        test=self.test, unk_replaced=self.unk_replaced,
+                        ids_sha256=ids_checksum(self.train, self.valid, self.test))
+        buffer = io.BytesIO()
+        torch.save(contents, buffer)
         try:
-            write_atomically(cache, lambda f: torch.save(contents, f), binary=True)
+            write_atomically(cache, buffer.getvalue())
         except OSError as e:
-            print(f"note: could not cache the token ids in {cache} ({e.strerror}); the next "
-                  "read tokenizes the corpus again", file=sys.stderr)
+            print(f"note: could not cache the token ids ({e}); the next read tokenizes the "
+                  "corpus again", file=sys.stderr)
+
+
+def ids_checksum(*splits):
+    """sha256 of the token ids of the splits, which a cache stores and checks on reading."""
+    digest = hashlib.sha256()
+    for ids in splits:
+        digest.update(ids.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 # Batching for truncated BPTT.

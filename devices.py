@@ -10,6 +10,8 @@ the loop; the main process (rank 0) alone writes files and prints.
 
 `Group` is that set of processes. For a run without torchrun it is a single process, and
 every collective below returns its input untouched: the one-process path is the plain one.
+`StopRequest` turns the signals that stop a run (Ctrl-C, SIGTERM, SIGHUP) into a request
+that the loop's sync points share.
 
     group, device = start("auto")       # reads torchrun's environment; NCCL or gloo
     group.columns(80)                   # this process's columns of a batch of 80
@@ -21,11 +23,13 @@ import contextlib
 import inspect
 import math
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from settings import BY_NAME, SettingsError
 
@@ -265,6 +269,20 @@ class Group:
 SINGLE = Group()  # a run without torchrun
 
 
+def lost_peer(error):
+    """What `error` (raised by a collective under torchrun) says of another process that
+    went away, in a few words; None when it says something else. gloo reports a reset or
+    closed connection, NCCL a backend error."""
+    text = str(error)
+    for sign in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                 "Socket closed"):
+        if sign in text:
+            return sign.lower()
+    if isinstance(error, getattr(dist, "DistBackendError", ())):
+        return text.splitlines()[0][:120] if text else type(error).__name__
+    return None
+
+
 def own_cuda_state(saved, device):
     """This process's GPU generator state from a training state's list: one entry (the GPU
     the run used), or, in states written before that, one per GPU of the saving host."""
@@ -307,9 +325,62 @@ def start(device_name):
     if size == 1:  # one process: the plain path, without collectives
         yield Group(torchrun=True), device
         return
+    if (int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+            and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1"):
+        print("note: torchrun started these processes again; if they hang here, torch's "
+              "rendezvous store still holds the lost ones' addresses (pytorch/pytorch#135712): "
+              "run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/torchrun.md)")
     dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     try:
         yield Group(rank, size, local_size, backend, device, torchrun=True), device
         dist.barrier()  # no process leaves while another may still talk to it
     finally:
         dist.destroy_process_group()
+
+
+# --- Signals that stop a run ----------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, schedulers, hang-ups
+
+
+class StopRequest:
+    """Turns the first Ctrl-C, SIGTERM or SIGHUP into a request to stop after the current
+    batch (`when` says otherwise); a second one aborts at once."""
+
+    def __init__(self, when="after the current batch"):
+        self.requested = False
+        self.when = when
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        again = "Ctrl-C again" if signum == signal.SIGINT else "another signal or a Ctrl-C"
+        try:
+            tqdm.write(f"stopping {self.when}; the training state will be saved ({again} "
+                       "aborts at once)")
+        except OSError:  # (a hang-up took the terminal)
+            pass
+
+
+@contextlib.contextmanager
+def signals_as_ctrl_c():
+    """Outside the epoch loop (where StopRequest takes them over), SIGTERM and SIGHUP end a
+    run as Ctrl-C does: a KeyboardInterrupt, which train.main reports."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS if s != signal.SIGINT}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

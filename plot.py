@@ -18,7 +18,7 @@ import statistics
 import sys
 
 from settings import Parser, SettingsError, check_output_file
-from runlog import read_metrics
+from runlog import MetricsError, read_metrics
 
 REQUIRED = ("epoch", "seconds", "train_ppl", "valid_ppl", "lr", "event")
 
@@ -39,9 +39,11 @@ def run_label(path):
 def read_run(path, label=None):
     """One run's columns (lists, one entry per epoch) and its summary, from its CSV."""
     try:
-        rows = read_metrics(path)
+        lines, rows = read_metrics(path, with_lines=True)
     except OSError as e:
         raise RunError(f"cannot read {path}: {e.strerror}") from None
+    except MetricsError as e:
+        raise RunError(str(e)) from None
     if not rows:
         raise RunError(f"{path} has no epochs yet (a metrics CSV written by train.py "
                        "gets one row per finished epoch)")
@@ -49,13 +51,16 @@ def read_run(path, label=None):
     if missing:
         raise RunError(f"{path} is not a metrics CSV of train.py: it lacks the column(s) "
                        f"{', '.join(missing)}")
-    try:
-        run = {name: [float(r[name]) for r in rows]
-               for name in ("epoch", "seconds", "train_ppl", "valid_ppl", "lr")}
-        # Older CSVs lack tokens/s.
-        run["tokens_per_s"] = [float(r["tokens_per_s"]) for r in rows if r.get("tokens_per_s")]
-    except ValueError as e:
-        raise RunError(f"{path}: a value is not a number ({e})") from None
+    run = {name: [] for name in ("epoch", "seconds", "train_ppl", "valid_ppl", "lr",
+                                 "tokens_per_s")}
+    for line, row in zip(lines, rows):
+        try:
+            for name in ("epoch", "seconds", "train_ppl", "valid_ppl", "lr"):
+                run[name].append(float(row[name]))
+            if row.get("tokens_per_s"):  # (older CSVs lack it)
+                run["tokens_per_s"].append(float(row["tokens_per_s"]))
+        except ValueError as e:
+            raise RunError(f"{path}, line {line}: a value is not a number ({e})") from None
     # Wall-clock minutes; CSVs from before the elapsed_s column have training seconds only.
     run["wall_clock"] = all(r.get("elapsed_s") for r in rows)
     if run["wall_clock"]:

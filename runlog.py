@@ -9,8 +9,10 @@ checkpoints/awd.json.
 """
 
 import csv
+import io
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -19,7 +21,7 @@ from tqdm import tqdm
 
 from checkpoint import describe_provenance
 from settings import SettingsError
-from util import duration, write_atomically
+from util import TMP_SUFFIX, duration, plural, write_atomically
 
 # "event" says in words what "saved" (the best model so far), "switched" (NT-ASGD began
 # averaging) and "out_of_time" (a budget ended the epoch early) say as "yes" or "".
@@ -42,10 +44,36 @@ def summary_path(model_path):
     return os.path.splitext(model_path)[0] + ".json"
 
 
-def read_metrics(path):
-    """The rows of a metrics CSV (dicts of strings), past its "#" provenance lines."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+class MetricsError(ValueError):
+    """A metrics CSV that cannot be read; the message names the file and the line."""
+
+
+def read_metrics(path, with_lines=False):
+    """The rows of a metrics CSV (dicts of strings), past its "#" provenance lines; with
+    `with_lines`, (the line number of each row, the rows). Bytes that are not text, or a
+    row cut short (a write interrupted on a disk without atomic renames, an edit), are a
+    MetricsError naming the file and the line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise MetricsError(f"{path}, line {line}: not text (a byte that is not UTF-8): the "
+                           "file is damaged") from None
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(keepends=True), 1)
+                if not line.startswith("#")]
+    reader = csv.DictReader(line for _, line in numbered)
+    lines, rows = [], []
+    for row in reader:
+        line = numbered[reader.line_num - 1][0]
+        if None in row.values() or None in row:
+            filled = sum(value is not None for value in row.values())
+            raise MetricsError(f"{path}, line {line}: the row is cut short ({filled} of "
+                               f"{len(reader.fieldnames)} columns) or has extra ones")
+        lines.append(line)
+        rows.append(row)
+    return (lines, rows) if with_lines else rows
 
 
 def lock_path(model_path):
@@ -84,8 +112,32 @@ class SaveLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
+            self.remove_stale_temporaries()
             return self
         raise SettingsError(f"could not take the lock {self.path}; try again")
+
+    def remove_stale_temporaries(self):
+        """Remove what killed writes at this --save path left behind (<file>.tmp<pid> and
+        budget probes of processes that no longer run on this host), and say so: a
+        training state's can weigh hundreds of MB."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        stem = os.path.basename(os.path.splitext(self.path)[0])
+        pattern = re.compile(re.escape(stem) + r"\..*(?:" + re.escape(TMP_SUFFIX)
+                             + r"|\.budget-probe)(\d+)$")
+        stale = [name for name in os.listdir(directory)
+                 if (m := pattern.match(name)) and not process_exists(int(m.group(1)))]
+        sizes = 0
+        for name in stale:
+            path = os.path.join(directory, name)
+            try:
+                sizes += os.path.getsize(path)
+                os.remove(path)
+            except OSError:  # (gone meanwhile, or not ours to remove)
+                pass
+        if stale:
+            print(f"removed {plural(len(stale), 'temporary file')} that interrupted writes "
+                  f"left at this --save path ({sizes / 2**20:,.1f} MB): {', '.join(stale)}",
+                  file=sys.stderr)
 
     def refuse_or_clear(self):
         try:
@@ -106,7 +158,11 @@ class SaveLock:
 
     def __exit__(self, *exc):
         if self.held and os.path.exists(self.path):
-            os.remove(self.path)
+            try:
+                os.remove(self.path)
+            except OSError as e:  # a directory turned read-only: the next run replaces it
+                print(f"note: could not remove the lock {self.path} ({e.strerror}); the next "
+                      "run on this --save path replaces it", file=sys.stderr)
         self.held = False
 
 
@@ -191,17 +247,16 @@ class RunLog:
         if not self.writes:
             return
 
-        def write(f):
-            f.writelines(f"# {line}\n" for line in describe_provenance(entries))
-            writer = csv.DictWriter(f, fieldnames=FIELDS, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-
-        write_atomically(self.path, write)
+        text = io.StringIO(newline="")
+        text.writelines(f"# {line}\n" for line in describe_provenance(entries))
+        writer = csv.DictWriter(text, fieldnames=FIELDS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomically(self.path, text.getvalue())
 
     def finished(self, summary):
         """Write the run's final numbers (a dict) to <save stem>.json, atomically."""
         if not self.writes:
             return
         write_atomically(summary_path(self.settings["save"]),
-                         lambda f: json.dump(summary, f, indent=2, sort_keys=True))
+                         json.dumps(summary, indent=2, sort_keys=True))

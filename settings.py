@@ -203,6 +203,8 @@ SETTINGS = (
     S("finetune", str, None, "fine-tune a trained model: restart from its averaged weights in "
       "averaging mode, stop at the first non-monotone trigger", RUN, metavar="CHECKPOINT"),
     S("overwrite", "switch", False, "let a new run replace existing checkpoints at --save", RUN),
+    S("data_changed", "switch", False, "resume although the data files changed since the run "
+      "last trained on them (it is then another run, and its provenance says so)", RUN),
     S("device", ("auto", "cpu", "cuda"), "auto", "where to train (auto: CUDA when available, "
       "else the CPU)", RUN),
     S("max_batches", COUNT, None, "cap the training batches per epoch (smoke runs)", RUN),

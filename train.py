@@ -8,12 +8,14 @@
     torchrun --standalone --nproc_per_node 4 train.py --model awd     # 4 GPUs, one batch
 
 For --save checkpoints/awd.pt a run writes the best model so far (awd.pt), the latest
-training state (awd.state.pt, written after every epoch, on Ctrl-C and every --save-every
+training state (awd.state.pt, written after every epoch, on a stop and every --save-every
 minutes), one metrics row per epoch (awd.csv) and its final numbers (awd.json), and holds
-awd.lock while it runs. Ctrl-C or SIGTERM stops after the current batch, saves the state
-and tests the best model; --resume then continues exactly where the run stopped. Under
-torchrun the processes split every batch's columns (DistributedDataParallel), and the main
-process alone prints and writes (devices.py). Every flag is a setting of settings.py.
+awd.lock while it runs. Ctrl-C, SIGTERM or SIGHUP stops after the current batch, saves the
+state and tests the best model; --resume then continues exactly where the run stopped. A
+failed write (a full disk) or a lost torchrun process ends in one line that says what is
+intact and how to resume (docs/faults.md). Under torchrun the processes split every batch's
+columns (DistributedDataParallel), and the main process alone prints and writes
+(devices.py). Every flag is a setting of settings.py.
 
 The file reads top to bottom: the run (set-up, the epoch loop, the end), then its parts.
 """
@@ -21,12 +23,10 @@ The file reads top to bottom: the run (set-up, the epoch loop, the end), then it
 import contextlib
 import os
 import shlex
-import signal
 import sys
 import time
 
 import torch
-from tqdm import tqdm
 
 import budget
 import checkpoint
@@ -34,11 +34,11 @@ import devices
 from checkpoint import CheckpointError
 from data import Corpus, CorpusError, check_batch_size, mean_nll, mean_seq_len
 from devices import describe_device, out_of_memory, set_precision
-from runlog import RunLog, SaveLock
+from runlog import RunLog, SaveLock, metrics_path
 from settings import (Parser, SettingsError, add_flags, finetune_settings, fresh_settings,
                       resume_command, resumed_settings)
-from trainer import Trainer, TrainingError
-from util import plural, ppl
+from trainer import SYNC_SECONDS, Trainer, TrainingError
+from util import WriteFailed, plural, ppl
 
 
 # The README's first run: the best model that 30 minutes of a 2-core CPU train here.
@@ -75,15 +75,44 @@ def train(args, stack, group, device, argv):
     except (CorpusError, CheckpointError, SettingsError) as e:
         error = e
     group.stop_if_any_failed(error)
-    trainer.join_processes()
-    announce(trainer, args, device, started)
     state_file = checkpoint.state_path(trainer.model_path)
+    try:
+        trainer.join_processes()
+        announce(trainer, args, device, started)  # (a budget's speed test writes a state)
+        stopped = run_epochs(trainer, args, log)
+        # The end: say why the run stopped, test the best model, write the summary.
+        if stopped:
+            machines = (" on each machine, with this run's rendezvous flags"
+                        if group.machines > 1 else "")
+            resume = resume_command(args, state_file, devices.launch_command(group))
+            print(f"stopped; training state saved to {state_file} (continue with: {resume}"
+                  f"{machines})")
+        else:
+            print(f"finished after {plural(trainer.epoch, 'epoch')}")
+        try:
+            test_loss = test_best_model(trainer, device)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP in the test: said, then out
+            log.finished(summarize(trainer, None, stopped=True, test_interrupted=True))
+            raise
+        log.finished(summarize(trainer, test_loss, stopped=stopped))
+    except WriteFailed as e:  # a full disk, a read-only directory
+        raise TrainingError(f"{e}. {what_is_left(trainer, args)}") from None
+    except RuntimeError as e:  # under torchrun: another process died
+        reason = devices.lost_peer(e) if group.size > 1 else None
+        if reason is None:
+            raise
+        raise TrainingError(f"another process of this run was lost ({group.backend}: "
+                            f"{reason}). {what_is_left(trainer, args)}") from None
 
-    # The epoch loop: train, validate and apply the schedule, save the state. A stop that
-    # any process received ends the loop on all of them.
+
+def run_epochs(trainer, args, log):
+    """The epoch loop: train, validate and apply the schedule, save the state; returns
+    whether a stop (Ctrl-C, SIGTERM, SIGHUP) ended it. A stop that any process received
+    ends the loop on all of them."""
+    group = trainer.group
     when = ("after the current batch" if group.size == 1 else
-            f"at the next sync point (within --log-interval {args.log_interval} batches)")
-    with StopRequest(when) as stop:
+            f"at the next sync point (within {SYNC_SECONDS:g} s)")
+    with devices.StopRequest(when) as stop:
         stopped = group.any(stop.requested)
         while trainer.epoch < trainer.s["epochs"] and not trainer.done and not stopped:
             train_loss = trainer.train_epoch(
@@ -94,17 +123,28 @@ def train(args, stack, group, device, argv):
             trainer.save_state()
             log.state_saved(trainer.metrics, trainer.provenance)
             stopped = train_loss is None or group.any(stop.requested)
+    return stopped
 
-    # The end: say why the run stopped, test the best model of this run, write the summary.
-    if stopped:
-        machines = (" on each machine, with this run's rendezvous flags"
-                    if group.machines > 1 else "")
-        resume = resume_command(args, state_file, devices.launch_command(group))
-        print(f"stopped; training state saved to {state_file} (continue with: {resume}"
-              f"{machines})")
-    else:
-        print(f"finished after {plural(trainer.epoch, 'epoch')}")
-    log.finished(summarize(trainer, test_best_model(trainer, device), stopped=stopped))
+
+def what_is_left(trainer, args):
+    """After a failure: which of the run's files are intact, and how to go on."""
+    state_file = checkpoint.state_path(trainer.model_path)
+    kept = [path for path in (trainer.model_path, state_file, metrics_path(trainer.model_path))
+            if os.path.exists(path)]
+    files = (f"{', '.join(kept)} {'is' if len(kept) == 1 else 'are'} intact (every write is "
+             "atomic)" if kept else "the run had written no file yet")
+    again = " (with --overwrite)" if kept else ""
+    if not os.path.exists(state_file):
+        return f"{files}; start the run again{again} once the cause is mended"
+    try:
+        saved = checkpoint.load(state_file, kind="state")
+    except CheckpointError as e:
+        return f"{files}, but {e}"
+    where = (f"in epoch {saved['epoch'] + 1}" if saved["position"] is not None
+             else f"after epoch {saved['epoch']}")
+    resume = resume_command(args, state_file, devices.launch_command(trainer.group))
+    return (f"{files}; its training state ({where}) continues once the cause is mended: "
+            f"{resume}")
 
 
 def set_up(args, stack, group, device, command):
@@ -112,6 +152,7 @@ def set_up(args, stack, group, device, command):
     --save and the run's record (the main process's), the corpus, the checks that need it,
     and the Trainer, restored when resuming. Talks to no other process, so that each one
     can fail alone; returns (trainer, runlog.RunLog)."""
+    continue_after_restart(args)
     source = args.resume or args.finetune
     loaded = checkpoint.load(source, kind="state" if args.resume else "model") if source else None
     if args.resume:
@@ -139,6 +180,8 @@ def set_up(args, stack, group, device, command):
     corpus = Corpus(settings["data"])
     if loaded is not None:
         checkpoint.check_vocabulary(source, loaded["vocab"], corpus)
+    if args.resume:
+        checkpoint.check_same_data(args.resume, loaded, corpus, args.data_changed)
     check_corpus_fits(settings, corpus, device, group)
     if loaded is not None:  # the weights must fit the configuration before a Trainer is built
         checkpoint.build(source, loaded)
@@ -153,6 +196,27 @@ def set_up(args, stack, group, device, command):
     trainer.provenance.append(checkpoint.provenance_record(
         command, device, describe_device(device), corpus, group.describe()))
     return trainer, log
+
+
+def continue_after_restart(args):
+    """Under torchrun's --max-restarts, a process that torchrun started again after a
+    failure continues the run from its own latest training state, as --resume would (or,
+    when the failure came before the first state, starts it again over its own files)."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    if not restart or args.resume:
+        return
+    if args.finetune:
+        trained = checkpoint.load(args.finetune, kind="model")["args"]
+        save = finetune_settings(args, trained)["save"]
+    else:
+        save = fresh_settings(args)["save"]
+    state_file = checkpoint.state_path(save)
+    if os.path.exists(state_file):
+        print(f"torchrun restart {restart}: continuing from {state_file}")
+        args.resume, args.finetune = state_file, None
+    else:
+        print(f"torchrun restart {restart}: no training state was saved yet; starting again")
+        args.overwrite = True
 
 
 def announce(trainer, args, device, started):
@@ -278,46 +342,24 @@ def test_best_model(trainer, device):
     return test_loss
 
 
-def summarize(trainer, test_loss, stopped):
+def summarize(trainer, test_loss, stopped, test_interrupted=False):
     """The run's final numbers, for <save stem>.json: the model file (None when no epoch
-    wrote one), and the minutes of training and validation so far, an unfinished epoch's
-    included."""
+    wrote one, or its test was interrupted), and the minutes of training and validation so
+    far, an unfinished epoch's included."""
     rows = trainer.metrics
     best = min(rows, key=lambda r: r["valid_loss"]) if rows else None
     seconds = (rows[-1].get("elapsed_s", 0.0) if rows else 0.0) + (
         trainer.position.seconds if trainer.position is not None else 0.0)
     return dict(
-        model=trainer.model_path if test_loss is not None else None, epochs=trainer.epoch,
+        model=trainer.model_path if test_loss is not None or (
+            test_interrupted and os.path.exists(trainer.model_path)) else None,
+        epochs=trainer.epoch,
         stopped=stopped, minutes=round(seconds / 60, 2),
         best_epoch=best and best["epoch"], best_valid_ppl=best and best["valid_ppl"],
         test_ppl=None if test_loss is None else round(ppl(test_loss), 3),
         test_loss=None if test_loss is None else round(test_loss, 6),
-        test_batch_size=trainer.s["test_batch_size"], provenance=trainer.provenance)
-
-
-class StopRequest:
-    """Turns the first Ctrl-C or SIGTERM into a request to stop after the current batch
-    (`when` says otherwise); a second Ctrl-C aborts at once."""
-
-    def __init__(self, when="after the current batch"):
-        self.requested = False
-        self.when = when
-
-    def __enter__(self):
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        again = "Ctrl-C again" if signum == signal.SIGINT else "another SIGTERM or a Ctrl-C"
-        tqdm.write(f"stopping {self.when}; the training state will be saved ({again} "
-                   "aborts at once)")
+        test_batch_size=trainer.s["test_batch_size"], test_interrupted=test_interrupted,
+        provenance=trainer.provenance)
 
 
 def main(argv=None):
@@ -328,6 +370,7 @@ def main(argv=None):
     where = f" (process {rank})" if "WORLD_SIZE" in os.environ else ""
     try:
         with contextlib.ExitStack() as stack:  # what the run opens closes on any exit
+            stack.enter_context(devices.signals_as_ctrl_c())
             stack.enter_context(devices.only_main_prints())
             args = parse_args(argv)
             group, device = stack.enter_context(devices.start(args.device))
@@ -342,9 +385,12 @@ def main(argv=None):
         sys.exit(f"error{where}: out of memory ({checkpoint.one_line(e)[:120]}); lower "
                  "--batch_size or --bptt (or --eval-batch-size); files already saved are "
                  "intact")
-    except KeyboardInterrupt:  # a second Ctrl-C, or one during the final test
-        print(f"\naborted{where}; checkpoints on disk are intact (every write is atomic)",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # a second stop, or one outside the loop (the final test)
+        try:
+            print(f"\naborted{where}; checkpoints on disk are intact (every write is atomic)",
+                  file=sys.stderr)
+        except OSError:  # (a hang-up took the terminal)
+            pass
         sys.exit(130)
 
 

@@ -4,25 +4,47 @@ durations)."""
 
 import math
 import os
+import shutil
 import sys
 
 from tqdm import tqdm
 
 
-def write_atomically(path, write, binary=False):
-    """Call write(f) on a temporary file beside `path`, flush it to disk and rename it over
-    `path`: an interrupted write never leaves a broken or missing file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+TMP_SUFFIX = ".tmp"  # <file>.tmp<pid>: a write in progress, or one that was killed
+
+
+class WriteFailed(OSError):
+    """A file that could not be written (a full disk, a read-only or vanished directory):
+    the message says which, why, and how much it needed against what was free."""
+
+
+def write_atomically(path, content):
+    """Write `content` (bytes or str) to a temporary file beside `path`, flush it to disk
+    and rename it over `path`: an interrupted or failed write never leaves a broken or
+    missing file, nor its temporary. A failure is a WriteFailed."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}{TMP_SUFFIX}{os.getpid()}"
     try:
-        with (open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8")) as f:
-            write(f)
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2**20:,.1f} MB"
+        except OSError:
+            free = "no room it could measure"
+        raise WriteFailed(e.errno, f"cannot write {path} ({e.strerror}): it needs "
+                                   f"{len(data) / 2**20:,.1f} MB, and the disk there has "
+                                   f"{free} free") from None
     finally:
-        if os.path.exists(tmp):
+        try:
             os.remove(tmp)
+        except OSError:  # (renamed, never made, or a read-only directory)
+            pass
 
 
 def plural(n, noun):

@@ -193,6 +193,26 @@ def test_a_large_corpus_is_cached_and_the_cache_follows_the_files(tmp_path, monk
     assert sorted(os.listdir(small)) == ["test.txt", "train.txt", "valid.txt"]
 
 
+def test_a_damaged_cache_is_said_and_the_corpus_read_again(tmp_path, capsys, make_corpus):
+    rng = np.random.default_rng(0)
+    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 30, 10)) + "\n"
+                   for _ in range(300))  # 3,300 ids: 26 KiB of int64
+    path = make_corpus(text, "w1 w2\n", "w3\n")
+    first = Corpus(path, cache_min_bytes=0)
+    cache = os.path.join(path, data.CACHE_NAME)
+    raw = bytearray(open(cache, "rb").read())
+    start = raw.find(first.train.numpy().tobytes()[:800]) + 8192
+    assert start > 8192
+    raw[start:start + 4096] = bytes(4096)  # 4 KiB of token ids zeroed
+    open(cache, "wb").write(bytes(raw))
+    capsys.readouterr()
+    again = Corpus(path, cache_min_bytes=0)
+    assert f"{cache} is damaged" in capsys.readouterr().err
+    assert torch.equal(again.train, first.train)  # read from the files, not the cache
+    assert torch.equal(Corpus(path, cache_min_bytes=0).train, first.train)  # cache rewritten
+    assert "damaged" not in capsys.readouterr().err
+
+
 # --- Windows for truncated BPTT ------------------------------------------------------------
 
 def test_windows_cover_every_target_once_and_carry_on_in_order():

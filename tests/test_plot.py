@@ -76,6 +76,24 @@ def test_files_that_are_not_runs_are_refused(tmp_path, content, fragment):
     assert exit_.value.code.startswith("error: ") and fragment in exit_.value.code
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda raw: raw[:raw.rindex(b",", 0, len(raw) - 30)], "the row is cut short"),
+    (lambda raw: raw + b"\x89\xff\x00junk\n", "not text"),
+    (lambda raw: raw.replace(b"\n2,", b"\ntwo,"), "a value is not a number"),
+])
+def test_a_damaged_csv_is_one_line_with_the_file_and_the_line(runs, tmp_path, damage, fragment):
+    raw = open(runs[0], "rb").read()
+    damaged = tmp_path / "run.csv"
+    damaged.write_bytes(damage(raw))
+    line = next(n for n, (a, b) in enumerate(zip(raw.splitlines() + [b""],
+                                                  damage(raw).splitlines()), 1) if a != b)
+    with pytest.raises(SystemExit) as exit_:
+        plot.main([str(damaged), "-o", str(tmp_path / "x.png")])
+    message = exit_.value.code
+    assert message.startswith(f"error: {damaged}, line {line}: ") and fragment in message
+    assert "\n" not in message and not (tmp_path / "x.png").exists()
+
+
 def test_an_output_that_is_no_image_or_a_broken_summary_is_refused(runs, tmp_path):
     for out in (tmp_path / "x.pt", tmp_path / "curves.csv"):
         with pytest.raises(SystemExit) as exit_:

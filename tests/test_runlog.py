@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from runlog import FIELDS, RunLog, SaveLock, lock_path, metrics_path, read_metrics, summary_path
+from runlog import (FIELDS, MetricsError, RunLog, SaveLock, lock_path, metrics_path, read_metrics,
+                    summary_path)
 from settings import SettingsError
 
 
@@ -147,3 +148,52 @@ def test_an_unwritable_save_directory_is_refused_at_once(tmp_path):
     blocker.write_text("")
     with pytest.raises(SettingsError, match="cannot write to the --save directory"):
         SaveLock(str(blocker / "awd.pt")).__enter__()
+
+
+def dead_pid():
+    """The pid of a process that has ended."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+
+
+def test_temporaries_of_killed_writes_are_removed_by_the_next_run(tmp_path, capsys):
+    gone = dead_pid()
+    stale = [f"awd.state.pt.tmp{gone}", f"awd.pt.tmp{gone}", f"awd.pt.budget-probe{gone}"]
+    kept = [f"awd.csv.tmp{os.getpid()}",  # a write in progress (this process runs)
+            f"other.state.pt.tmp{gone}", "awd.pt", "awd.state.pt"]  # another run's; files
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    with SaveLock(str(tmp_path / "awd.pt")):
+        assert sorted(os.listdir(tmp_path)) == sorted(kept + ["awd.lock"])
+    err = capsys.readouterr().err
+    assert "removed 3 temporary files" in err and all(name in err for name in stale)
+    with SaveLock(str(tmp_path / "awd.pt")):  # nothing left to say
+        pass
+    assert "removed" not in capsys.readouterr().err
+
+
+def test_a_lock_that_cannot_be_removed_is_a_note_not_a_traceback(tmp_path, monkeypatch, capsys):
+    def read_only(path):
+        raise OSError(30, "Read-only file system", path)
+
+    lock = SaveLock(str(tmp_path / "awd.pt"))
+    with lock:
+        monkeypatch.setattr(os, "remove", read_only)
+    assert "could not remove the lock" in capsys.readouterr().err and not lock.held
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda text: text[:text.rindex("148.4")], "line 6: the row is cut short (5 of 15 columns)"),
+    (lambda text: text.encode() + b"\x00\xff\xfe junk", "line 7: not text"),
+])
+def test_a_damaged_metrics_csv_names_the_file_and_the_line(tmp_path, damage, fragment):
+    log = RunLog(settings(tmp_path))
+    log.state_saved([row(1), row(2)], [ORIGIN])  # 3 provenance lines, the header, 2 rows
+    text = open(log.path, encoding="utf-8").read()
+    damaged = damage(text)
+    mode = "wb" if isinstance(damaged, bytes) else "w"
+    with open(log.path, mode) as f:
+        f.write(damaged)
+    with pytest.raises(MetricsError) as error:
+        read_metrics(log.path)
+    assert str(error.value).startswith(f"{log.path}, {fragment}")

@@ -1,5 +1,6 @@
 """Tests of train.py on tiny corpora: learning, NT-ASGD, exact resume, interruption, errors."""
 
+import errno
 import hashlib
 import json
 import math
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import checkpoint
+import devices
 import runlog
 import train
 import trainer as trainer_module
@@ -102,7 +104,8 @@ def test_sigterm_stops_saves_and_resumes_exactly(tmp_path, tiny, make_corpus):
     rng = np.random.default_rng(1)
     text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(2000))
     data = make_corpus(text, text[:2000], text[:2000])
-    common = tiny["awd"] + ["--data", data, "--epochs", "2", "--log-interval", "5"]
+    common = tiny["awd"] + ["--data", data, "--epochs", "2", "--log-interval", "5",
+                            "--max-batches", "150"]
     run(common + ["--save", tmp_path / "straight.pt"])
 
     proc = start(common + ["--save", tmp_path / "stopped.pt"])
@@ -117,7 +120,7 @@ def test_sigterm_stops_saves_and_resumes_exactly(tmp_path, tiny, make_corpus):
     state = checkpoint.load(str(tmp_path / "stopped.state.pt"), kind="state")
     assert state["epoch"] == 1 and state["position"] is not None  # stopped inside epoch 2
 
-    run(["--resume", tmp_path / "stopped.state.pt"])
+    run(["--resume", tmp_path / "stopped.state.pt", "--max-batches", "150"])
     assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
                         final_state(tmp_path / "stopped.state.pt")[0])
 
@@ -268,12 +271,12 @@ def test_an_early_stop_after_overwrite_does_not_report_the_older_run(
     run(args)
     capsys.readouterr()
 
-    class StoppedAtOnce(train.StopRequest):  # Ctrl-C before the first batch
+    class StoppedAtOnce(devices.StopRequest):  # Ctrl-C before the first batch
         def __enter__(self):
             self.requested = True
             return super().__enter__()
 
-    monkeypatch.setattr(train, "StopRequest", StoppedAtOnce)
+    monkeypatch.setattr(devices, "StopRequest", StoppedAtOnce)
     run(args + ["--overwrite", "--seed", "4"])
     out = capsys.readouterr().out
     assert "no epoch has finished yet" in out and "test ppl" not in out
@@ -633,8 +636,9 @@ def test_a_large_model_on_a_cpu_points_to_the_first_run(random_text, tmp_path, t
 
 def test_sigterm_and_ctrl_c_say_what_a_second_one_does(capsys):
     for signum, again in ((signal.SIGINT, "(Ctrl-C again aborts"),
-                          (signal.SIGTERM, "(another SIGTERM or a Ctrl-C aborts")):
-        request = train.StopRequest()
+                          (signal.SIGTERM, "(another signal or a Ctrl-C aborts"),
+                          (signal.SIGHUP, "(another signal or a Ctrl-C aborts")):
+        request = devices.StopRequest()
         request.handle(signum, None)
         assert again in capsys.readouterr().out and request.requested
 
@@ -654,3 +658,174 @@ def test_a_resume_says_where_in_the_epoch_it_continues(random_text, tmp_path, ti
     run(["--resume", tmp_path / "m.state.pt"])
     assert f"resuming {tmp_path / 'm.state.pt'} in epoch 1, after its batch 1" in (
         capsys.readouterr().out)
+
+
+# --- Faults: full or read-only disks, signals, changed data (docs/faults.md) ----------------
+
+def failing_fsync(monkeypatch, error, fails):
+    """Make os.fsync raise OSError(`error`) for the temporary files whose path `fails`
+    (a predicate), as a full or read-only disk reports a write (Linux: /proc/self/fd)."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if fails(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(error, os.strerror(error))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def nth_state_write(n):
+    """A predicate true from the n-th write of a training state on."""
+    count = [0]
+
+    def fails(path):
+        count[0] += ".state.pt.tmp" in path
+        return count[0] >= n
+
+    return fails
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds paths through /proc")
+def test_a_full_disk_says_what_failed_what_is_intact_and_how_to_resume(random_text, tmp_path,
+                                                                        monkeypatch, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--epochs", "3", "--max-batches", "5",
+                          "--nonmono", "1"]
+    with monkeypatch.context() as m:  # at the first state write
+        failing_fsync(m, errno.ENOSPC, nth_state_write(1))
+        message = bad_run(args + ["--save", tmp_path / "first.pt"])
+    assert f"cannot write {tmp_path / 'first.state.pt'} (No space left on device)" in message
+    assert re.search(r"it needs [\d.]+ MB, and the disk there has [\d,.]+ MB free", message)
+    assert f"{tmp_path / 'first.pt'} is intact" in message and "--overwrite" in message
+    assert sorted(os.listdir(tmp_path)) == ["first.pt"]  # no lock, no temporary
+
+    with monkeypatch.context() as m:  # at a later epoch's
+        failing_fsync(m, errno.ENOSPC, nth_state_write(2))
+        message = bad_run(args + ["--save", tmp_path / "later.pt"])
+    assert "later.state.pt (No space left on device)" in message
+    assert f"{tmp_path / 'later.state.pt'}, {tmp_path / 'later.csv'} are intact" in message
+    assert not (tmp_path / "later.lock").exists()
+    resume = shlex.split(message.split("once the cause is mended: ")[1])
+    assert resume[:3] == ["python", "train.py", "--resume"]
+    run(resume[2:])  # nothing was lost: the run ends as if the disk had never filled
+    run(args + ["--save", tmp_path / "straight.pt"])
+    assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
+                        final_state(tmp_path / "later.state.pt")[0])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds paths through /proc")
+def test_a_save_directory_turned_read_only_is_one_message_too(random_text, tmp_path,
+                                                              monkeypatch, capsys, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--epochs", "3", "--max-batches", "5",
+                          "--save", tmp_path / "m.pt"]
+    real_remove = os.remove
+
+    def remove(path):  # the lock, too, can no longer be removed
+        if path.endswith(".lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        real_remove(path)
+
+    monkeypatch.setattr(os, "remove", remove)
+    failing_fsync(monkeypatch, errno.EROFS, nth_state_write(2))  # from then on
+    message = bad_run(args)
+    assert "m.state.pt (Read-only file system)" in message and "--resume" in message
+    assert "could not remove the lock" in capsys.readouterr().err
+
+
+def test_data_changed_under_a_resume_is_refused_unless_asked_for(tmp_path, make_corpus, tiny,
+                                                                 capsys):
+    rng = np.random.default_rng(4)
+    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 20, 8)) + "\n" for _ in range(80))
+    data = make_corpus(text, text[:400], text[400:800])
+    run(tiny["awd"] + ["--data", data, "--epochs", "1", "--max-batches", "3",
+                       "--save", tmp_path / "m.pt"])
+    train_file = os.path.join(data, "train.txt")
+    lines = text.splitlines(keepends=True)
+    with open(train_file, "w") as f:  # the same vocabulary, other lines
+        f.write("".join(lines[:10] + lines[10:][::-1]))
+    before = (tmp_path / "m.state.pt").read_bytes()
+    message = bad_run(["--resume", tmp_path / "m.state.pt", "--epochs", "2"])
+    assert "the train file of" in message and "--data-changed" in message
+    assert (tmp_path / "m.state.pt").read_bytes() == before
+    run(["--resume", tmp_path / "m.state.pt", "--epochs", "2", "--data-changed"])
+    assert "no longer the one it was" in capsys.readouterr().out
+    state = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")
+    assert state["epoch"] == 2
+    assert len({record["data_sha256"]["train"] for record in state["provenance"]}) == 2
+
+
+def slow_test_corpus(make_corpus):
+    """A corpus whose test split takes seconds to score at batch size 1."""
+    rng = np.random.default_rng(5)
+    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n"
+                   for _ in range(3000))
+    return make_corpus(text[:20000], text[:3000], text)
+
+
+def test_sigterm_during_the_final_test_ends_like_ctrl_c(tmp_path, tiny, make_corpus):
+    """Schedulers (Slurm, Kubernetes) stop jobs with SIGTERM, at any moment."""
+    proc = start(tiny["awd"] + ["--data", slow_test_corpus(make_corpus), "--epochs", "1",
+                                "--max-batches", "3", "--save", tmp_path / "m.pt"])
+    for line in proc.stdout:
+        if line.startswith("finished after"):  # the test begins
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "aborted; checkpoints on disk are intact" in err and "Traceback" not in err
+    summary = json.load(open(tmp_path / "m.json"))
+    assert summary["test_interrupted"] and summary["test_ppl"] is None
+    assert summary["model"] == str(tmp_path / "m.pt")
+    checkpoint.load_model(str(tmp_path / "m.pt"))
+    assert not (tmp_path / "m.lock").exists()
+
+
+def test_a_hang_up_saves_the_epoch_in_progress(tmp_path, tiny, make_corpus):
+    """SIGHUP: the terminal closed or the ssh session dropped."""
+    rng = np.random.default_rng(1)
+    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(2000))
+    proc = start(tiny["awd"] + ["--data", make_corpus(text, text[:2000], text[:2000]),
+                                "--epochs", "1", "--save", tmp_path / "m.pt"])
+    for line in proc.stdout:  # an epoch of seconds begins
+        if line.startswith("device: "):
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGHUP)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "training state saved" in out and "--resume" in out
+    state = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")
+    assert state["epoch"] == 0 and state["position"]["batches"] > 0  # inside epoch 1
+    assert not (tmp_path / "m.lock").exists()
+
+
+def test_a_process_started_again_by_torchrun_continues_its_run(tmp_path, tiny, make_corpus,
+                                                               monkeypatch, capsys):
+    """What torchrun --max-restarts does after a lost process, on one process: the same
+    command again, with TORCHELASTIC_RESTART_COUNT set (tests/test_devices.py runs it
+    under torchrun itself)."""
+    rng = np.random.default_rng(1)
+    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(400))
+    args = tiny["awd"] + ["--data", make_corpus(text, text[:2000], text[:2000]), "--epochs", "2",
+                          "--max-batches", "60", "--save", tmp_path / "m.pt"]
+    run(args[:-2] + ["--save", tmp_path / "straight.pt"])
+    proc = start(args)
+    for line in proc.stdout:  # killed in its second epoch, as a lost process is
+        if line.startswith("epoch    1 |"):
+            while not (tmp_path / "m.csv").exists():  # (written after the state)
+                time.sleep(0.01)
+            proc.kill()
+            break
+    proc.communicate(timeout=60)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    run(args)
+    assert f"torchrun restart 1: continuing from {tmp_path / 'm.state.pt'}" in (
+        capsys.readouterr().out)
+    assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
+                        final_state(tmp_path / "m.state.pt")[0])
+    # lost before its first state: it starts again, over its own files
+    (tmp_path / "m.state.pt").unlink()
+    run(args)
+    assert "no training state was saved yet; starting again" in capsys.readouterr().out
+    assert checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")["epoch"] == 2

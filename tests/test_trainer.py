@@ -8,7 +8,7 @@ import checkpoint
 import trainer as trainer_module
 from data import Corpus
 from settings import defaults
-from train import StopRequest
+from devices import StopRequest
 from trainer import Trainer
 
 

@@ -1,24 +1,46 @@
 """Tests of util.py: atomic writes, perplexity, the words of messages."""
 
+import errno
 import math
 import os
+import re
 
 import pytest
 
-from util import duration, plural, ppl, write_atomically
+from util import WriteFailed, duration, plural, ppl, write_atomically
 
 
-def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "f.txt"
-    write_atomically(str(path), lambda f: f.write("old"))
+    write_atomically(str(path), "old")
 
-    def half_then_crash(f):
-        f.write("half of the new")
+    def killed(fd):  # the new bytes are written, not yet on disk
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
-        write_atomically(str(path), half_then_crash)
+        write_atomically(str(path), "half of the new")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
+
+
+@pytest.mark.parametrize("errno_, reason", [(errno.ENOSPC, "No space left on device"),
+                                            (errno.EROFS, "Read-only file system")])
+def test_a_failed_write_says_why_and_what_it_needed_and_leaves_no_temporary(
+        tmp_path, monkeypatch, errno_, reason):
+    path = tmp_path / "f.pt"
+    path.write_bytes(b"old")
+
+    def failed(fd):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(os, "fsync", failed)
+    with pytest.raises(WriteFailed) as error:
+        write_atomically(str(path), b"x" * 3 * 2**20)
+    message = str(error.value)
+    assert f"cannot write {path} ({reason})" in message and "it needs 3.0 MB" in message
+    assert re.search(r"the disk there has [\d,.]+ MB free", message)
+    assert error.value.errno == errno_
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.pt"]
 
 
 def test_perplexity_is_exp_of_the_loss_and_never_overflows():
