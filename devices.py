@@ -24,6 +24,8 @@ import inspect
 import math
 import os
 import signal
+import stat
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -278,8 +280,8 @@ def lost_peer(error):
                  "Socket closed"):
         if sign in text:
             return sign.lower()
-    if isinstance(error, getattr(dist, "DistBackendError", ())):
-        return text.splitlines()[0][:120] if text else type(error).__name__
+    if isinstance(error, getattr(dist, "DistBackendError", ())) or "third_party/gloo" in text:
+        return text.split("] ", 1)[-1].splitlines()[0][:120] if text else type(error).__name__
     return None
 
 
@@ -360,15 +362,27 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def handle(self, signum, frame):
+        if signum == signal.SIGHUP:
+            leave_the_terminal()
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
         again = "Ctrl-C again" if signum == signal.SIGINT else "another signal or a Ctrl-C"
-        try:
-            tqdm.write(f"stopping {self.when}; the training state will be saved ({again} "
-                       "aborts at once)")
-        except OSError:  # (a hang-up took the terminal)
+        tqdm.write(f"stopping {self.when}; the training state will be saved ({again} aborts "
+                   "at once)")
+
+
+def leave_the_terminal():
+    """After a hang-up the terminal is gone, and every write to it would fail (EIO): what
+    was meant for it goes nowhere from now on, so that the run can still save and end."""
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:  # a terminal is a character device (isatty fails once it is gone)
+            if stat.S_ISCHR(os.fstat(stream.fileno()).st_mode):
+                os.dup2(nowhere, stream.fileno())
+        except (OSError, ValueError):  # (closed, or no file behind it)
             pass
+    os.close(nowhere)
 
 
 @contextlib.contextmanager
@@ -376,9 +390,23 @@ def signals_as_ctrl_c():
     """Outside the epoch loop (where StopRequest takes them over), SIGTERM and SIGHUP end a
     run as Ctrl-C does: a KeyboardInterrupt, which train.main reports."""
     def interrupt(signum, frame):
+        if signum == signal.SIGHUP:
+            leave_the_terminal()
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS if s != signal.SIGINT}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def signals_ignored():
+    """While a failed run says what is left of it: torchrun sends SIGTERM to every process
+    as soon as one is lost, and it must not cut that message short."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from checkpoint import describe_provenance
 from settings import SettingsError
-from util import TMP_SUFFIX, duration, plural, write_atomically
+from util import TMP_SUFFIX, duration, plural, size_in_words, write_atomically
 
 # "event" says in words what "saved" (the best model so far), "switched" (NT-ASGD began
 # averaging) and "out_of_time" (a budget ended the epoch early) say as "yes" or "".
@@ -136,7 +136,7 @@ class SaveLock:
                 pass
         if stale:
             print(f"removed {plural(len(stale), 'temporary file')} that interrupted writes "
-                  f"left at this --save path ({sizes / 2**20:,.1f} MB): {', '.join(stale)}",
+                  f"left at this --save path ({size_in_words(sizes)}): {', '.join(stale)}",
                   file=sys.stderr)
 
     def refuse_or_clear(self):

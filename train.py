@@ -96,13 +96,15 @@ def train(args, stack, group, device, argv):
             raise
         log.finished(summarize(trainer, test_loss, stopped=stopped))
     except WriteFailed as e:  # a full disk, a read-only directory
-        raise TrainingError(f"{e}. {what_is_left(trainer, args)}") from None
+        with devices.signals_ignored():
+            raise TrainingError(f"{e}. {what_is_left(trainer, args)}") from None
     except RuntimeError as e:  # under torchrun: another process died
         reason = devices.lost_peer(e) if group.size > 1 else None
         if reason is None:
             raise
-        raise TrainingError(f"another process of this run was lost ({group.backend}: "
-                            f"{reason}). {what_is_left(trainer, args)}") from None
+        with devices.signals_ignored():
+            raise TrainingError(f"another process of this run was lost ({group.backend}: "
+                                f"{reason}). {what_is_left(trainer, args)}") from None
 
 
 def run_epochs(trainer, args, log):
@@ -386,11 +388,8 @@ def main(argv=None):
                  "--batch_size or --bptt (or --eval-batch-size); files already saved are "
                  "intact")
     except KeyboardInterrupt:  # a second stop, or one outside the loop (the final test)
-        try:
-            print(f"\naborted{where}; checkpoints on disk are intact (every write is atomic)",
-                  file=sys.stderr)
-        except OSError:  # (a hang-up took the terminal)
-            pass
+        print(f"\naborted{where}; checkpoints on disk are intact (every write is atomic)",
+              file=sys.stderr)
         sys.exit(130)
 
 

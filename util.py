@@ -1,6 +1,6 @@
 """util.py: small helpers that every part of the project uses and that import nothing from
 it: atomic file writes, perplexity, progress bars, and the words of messages (counts,
-durations)."""
+sizes, durations)."""
 
 import math
 import os
@@ -33,18 +33,32 @@ def write_atomically(path, content):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
+        remove_quietly(tmp)  # first, so that the space it took counts as free
         try:
-            free = f"{shutil.disk_usage(directory).free / 2**20:,.1f} MB"
+            free = size_in_words(shutil.disk_usage(directory).free)
+            room = f", and the disk there has {free} free"
         except OSError:
-            free = "no room it could measure"
-        raise WriteFailed(e.errno, f"cannot write {path} ({e.strerror}): it needs "
-                                   f"{len(data) / 2**20:,.1f} MB, and the disk there has "
-                                   f"{free} free") from None
+            room = ""
+        failed = WriteFailed(f"cannot write {path} ({e.strerror}): it needs "
+                             f"{size_in_words(len(data))}{room}")
+        failed.errno = e.errno
+        raise failed from None
     finally:
-        try:
-            os.remove(tmp)
-        except OSError:  # (renamed, never made, or a read-only directory)
-            pass
+        remove_quietly(tmp)
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:  # (renamed, never made, or a read-only directory)
+        pass
+
+
+def size_in_words(n_bytes):
+    """1536 -> "1.5 KB", 3 * 2**20 -> "3.0 MB"."""
+    if n_bytes >= 2**20:
+        return f"{n_bytes / 2**20:,.1f} MB"
+    return f"{n_bytes / 2**10:,.1f} KB"
 
 
 def plural(n, noun):

@@ -300,17 +300,28 @@ def test_ctrl_c_to_torchrun_saves_within_seconds_whatever_the_log_interval(tmp_p
 
 # --- A lost process, torchrun's restarts (docs/faults.md) -----------------------------------
 
+def test_a_collective_that_lost_its_peer_is_told_from_other_errors():
+    gloo = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] "
+    assert devices.lost_peer(RuntimeError(
+        gloo + "Read error [127.0.0.1]:3222: Connection reset by peer. This is typically"
+    )) == "connection reset by peer"
+    assert devices.lost_peer(RuntimeError(gloo + "Timed out waiting 1800000ms for recv")) == (
+        "Timed out waiting 1800000ms for recv")
+    assert devices.lost_peer(RuntimeError("CUDA error: out of memory")) is None
+    assert devices.lost_peer(ValueError("shapes differ")) is None
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
 def test_a_lost_process_is_named_with_the_state_to_resume_from(tmp_path, make_corpus, tiny):
     data = random_corpus(make_corpus, 1000, seed=3)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launcher = subprocess.Popen(
-        command(tiny["awd"] + SYNC_OFTEN + ["--data", data, "--epochs", "2", "--max-batches",
+        command(tiny["awd"] + SYNC_OFTEN + ["--data", data, "--epochs", "3", "--max-batches",
                                             "100", "--save", tmp_path / "m.pt"], 2),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in launcher.stdout:  # the first state is saved: lose process 1 in epoch 2
         if line.startswith("epoch    1 |"):
-            time.sleep(0.5)
+            time.sleep(0.3)
             os.kill(worker_of_rank(launcher.pid, 1), signal.SIGKILL)
             break
     out, err = launcher.communicate(timeout=120)
@@ -319,8 +330,8 @@ def test_a_lost_process_is_named_with_the_state_to_resume_from(tmp_path, make_co
     assert len(errors) == 1 and 'train.py", line' not in err, out + err  # (torchrun's own
     assert "another process of this run was lost (gloo: connection" in errors[0]  # may show)
     assert "--resume" in errors[0] and "m.state.pt" in errors[0], errors[0]
-    assert "(after epoch 1)" in errors[0]
-    assert checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")["epoch"] == 1
+    saved = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")["epoch"]
+    assert saved in (1, 2) and f"(after epoch {saved})" in errors[0]  # (a slow machine: 2)
 
 
 def free_port():

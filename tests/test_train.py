@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import pty
 import re
 import shlex
 import signal
@@ -695,7 +696,8 @@ def test_a_full_disk_says_what_failed_what_is_intact_and_how_to_resume(random_te
         failing_fsync(m, errno.ENOSPC, nth_state_write(1))
         message = bad_run(args + ["--save", tmp_path / "first.pt"])
     assert f"cannot write {tmp_path / 'first.state.pt'} (No space left on device)" in message
-    assert re.search(r"it needs [\d.]+ MB, and the disk there has [\d,.]+ MB free", message)
+    assert re.search(r"it needs [\d.]+ [KM]B, and the disk there has [\d,.]+ [KM]B free",
+                     message)
     assert f"{tmp_path / 'first.pt'} is intact" in message and "--overwrite" in message
     assert sorted(os.listdir(tmp_path)) == ["first.pt"]  # no lock, no temporary
 
@@ -782,21 +784,27 @@ def test_sigterm_during_the_final_test_ends_like_ctrl_c(tmp_path, tiny, make_cor
 
 
 def test_a_hang_up_saves_the_epoch_in_progress(tmp_path, tiny, make_corpus):
-    """SIGHUP: the terminal closed or the ssh session dropped."""
+    """SIGHUP: the terminal closed or the ssh session dropped. The run writes to a
+    pseudo-terminal that goes away, as a closed one does, and then gets the signal."""
     rng = np.random.default_rng(1)
     text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(2000))
-    proc = start(tiny["awd"] + ["--data", make_corpus(text, text[:2000], text[:2000]),
-                                "--epochs", "1", "--save", tmp_path / "m.pt"])
-    for line in proc.stdout:  # an epoch of seconds begins
-        if line.startswith("device: "):
-            time.sleep(0.5)
-            proc.send_signal(signal.SIGHUP)
-            break
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out + err
-    assert "training state saved" in out and "--resume" in out
+    terminal, its_end = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "train.py")] + [str(a) for a in tiny["awd"] + [
+            "--data", make_corpus(text, text[:2000], text[:2000]), "--epochs", "1",
+            "--log-interval", "1", "--save", tmp_path / "m.pt"]],
+        stdin=its_end, stdout=its_end, stderr=its_end, start_new_session=True)
+    os.close(its_end)
+    shown = b""
+    while b"device: " not in shown:  # an epoch of seconds begins
+        shown += os.read(terminal, 4096)
+    time.sleep(0.5)
+    os.close(terminal)  # from now on every write to it fails
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=60) == 0
     state = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")
     assert state["epoch"] == 0 and state["position"]["batches"] > 0  # inside epoch 1
+    assert json.load(open(tmp_path / "m.json"))["stopped"]  # and ended as a stop does
     assert not (tmp_path / "m.lock").exists()
 
 

@@ -38,7 +38,8 @@ def test_a_failed_write_says_why_and_what_it_needed_and_leaves_no_temporary(
         write_atomically(str(path), b"x" * 3 * 2**20)
     message = str(error.value)
     assert f"cannot write {path} ({reason})" in message and "it needs 3.0 MB" in message
-    assert re.search(r"the disk there has [\d,.]+ MB free", message)
+    assert re.search(r"the disk there has [\d,.]+ [KM]B free", message)
+    assert message.startswith("cannot write")  # (no "[Errno 28]" before it)
     assert error.value.errno == errno_
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.pt"]
 
