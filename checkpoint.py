@@ -253,10 +253,10 @@ def check_same_data(resume, state, corpus, data_changed):
     what = f"the {' and '.join(changed)} file{'s' if len(changed) > 1 else ''} of {corpus.path}"
     if not data_changed:
         raise CheckpointError(f"{what} changed since {resume} last trained on them "
-                            f"(sha256 {corpus.sha256[changed[0]][:12]}... now, "
-                            f"{recorded[changed[0]][:12]}... then); resuming on other data "
-                            "makes another run than this one: pass --data-changed to "
-                            "continue anyway")
+                              f"(sha256 {corpus.sha256[changed[0]][:12]}... now, "
+                              f"{recorded[changed[0]][:12]}... then); resuming on other data "
+                              "makes another run than this one: pass --data-changed to "
+                              "continue anyway")
     print(f"warning: {what} changed since the run last trained on them; continuing as asked "
           "(--data-changed), the run is no longer the one it was (its provenance records "
           "both)")

@@ -118,8 +118,8 @@ class SaveLock:
 
     def remove_stale_temporaries(self):
         """Remove what killed writes at this --save path left behind (<file>.tmp<pid> and
-        budget probes of processes that no longer run on this host), and say so: a
-        training state's can weigh hundreds of MB."""
+        budget probes of processes that no longer run on this host), and say so: the
+        temporary of a training state can weigh hundreds of MB."""
         directory = os.path.dirname(os.path.abspath(self.path))
         stem = os.path.basename(os.path.splitext(self.path)[0])
         pattern = re.compile(re.escape(stem) + r"\..*(?:" + re.escape(TMP_SUFFIX)
