@@ -19,7 +19,7 @@ import torch
 
 from data import mean_nll, windows
 from trainer import train_step
-from util import plural
+from util import plural, remove_quietly
 
 # Part of the budget kept free for what the measurements cannot see (the first CUDA
 # kernels, jitter): 3% of it, at least 2 seconds. Epochs also cost a little more than
@@ -76,8 +76,7 @@ def measure(trainer, warmup=2, steps=20):
     try:
         trainer.save_state(probe)
     finally:
-        if os.path.exists(probe):
-            os.remove(probe)
+        remove_quietly(probe)
     save_s = 1.5 * (time.perf_counter() - started)
     torch.set_rng_state(rng_state)
     if cuda_state is not None:

@@ -345,6 +345,17 @@ def start(device_name):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, schedulers, hang-ups
 
 
+@contextlib.contextmanager
+def handling(signals, handler):
+    """Handle `signals` with `handler` inside the block, as before it outside."""
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for sig, earlier in previous.items():
+            signal.signal(sig, earlier)
+
+
 class StopRequest:
     """Turns the first Ctrl-C, SIGTERM or SIGHUP into a request to stop after the current
     batch (`when` says otherwise); a second one aborts at once."""
@@ -354,12 +365,12 @@ class StopRequest:
         self.when = when
 
     def __enter__(self):
-        self.previous = {s: signal.signal(s, self.handle) for s in STOP_SIGNALS}
+        self.handlers = handling(STOP_SIGNALS, self.handle)
+        self.handlers.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.handlers.__exit__(*exc)
 
     def handle(self, signum, frame):
         if signum == signal.SIGHUP:
@@ -385,7 +396,6 @@ def leave_the_terminal():
     os.close(nowhere)
 
 
-@contextlib.contextmanager
 def signals_as_ctrl_c():
     """Outside the epoch loop (where StopRequest takes them over), SIGTERM and SIGHUP end a
     run as Ctrl-C does: a KeyboardInterrupt, which train.main reports."""
@@ -394,21 +404,10 @@ def signals_as_ctrl_c():
             leave_the_terminal()
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS if s != signal.SIGINT}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return handling((signal.SIGTERM, signal.SIGHUP), interrupt)
 
 
-@contextlib.contextmanager
 def signals_ignored():
     """While a failed run says what is left of it: torchrun sends SIGTERM to every process
     as soon as one is lost, and it must not cut that message short."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return handling(STOP_SIGNALS, signal.SIG_IGN)

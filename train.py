@@ -38,7 +38,7 @@ from runlog import RunLog, SaveLock, metrics_path
 from settings import (Parser, SettingsError, add_flags, finetune_settings, fresh_settings,
                       resume_command, resumed_settings)
 from trainer import SYNC_SECONDS, Trainer, TrainingError
-from util import WriteFailed, plural, ppl
+from util import WriteFailed, listing, plural, ppl
 
 
 # The README's first run: the best model that 30 minutes of a 2-core CPU train here.
@@ -131,10 +131,10 @@ def run_epochs(trainer, args, log):
 def what_is_left(trainer, args):
     """After a failure: which of the run's files are intact, and how to go on."""
     state_file = checkpoint.state_path(trainer.model_path)
-    kept = [path for path in (trainer.model_path, state_file, metrics_path(trainer.model_path))
-            if os.path.exists(path)]
-    files = (f"{', '.join(kept)} {'is' if len(kept) == 1 else 'are'} intact (every write is "
-             "atomic)" if kept else "the run had written no file yet")
+    kept = trainer.files_on_disk() + [path for path in [metrics_path(trainer.model_path)]
+                                      if os.path.exists(path)]
+    files = (f"{listing(kept)} intact (every write is atomic)" if kept
+             else "the run had written no file yet")
     again = " (with --overwrite)" if kept else ""
     if not os.path.exists(state_file):
         return f"{files}; start the run again{again} once the cause is mended"

@@ -26,7 +26,7 @@ from model import (build_model, count_parameters, detach_hidden, map_hidden, mod
                    pack_lstm_weights)
 from optim import (AVERAGING, RunningAverage, make_optimizer, make_scheduler,
                    should_start_averaging)
-from util import plural, ppl, progress_bar
+from util import listing, plural, ppl, progress_bar
 
 DIVERGED = 10.0  # nats above a uniform guess at which a run counts as diverged
 SYNC_SECONDS = 5.0  # sync points come at least this often (and every --log-interval batches)
@@ -308,16 +308,21 @@ class Trainer:
         e^10 = 22,000 times the vocabulary's size, which no run that learns comes near."""
         return not math.isfinite(loss) or loss > math.log(len(self.corpus.dictionary)) + DIVERGED
 
+    def files_on_disk(self):
+        """Those of the run's checkpoints that exist: the model, the training state and,
+        when fine-tuning, the model it started from."""
+        return [path for path in (self.model_path, checkpoint.state_path(self.model_path),
+                                  self.s["finetune"]) if path and os.path.exists(path)]
+
     def divergence(self, what, loss):
         """The error that ends a diverged run, naming the files it leaves as they were."""
-        kept = [path for path in (self.model_path, checkpoint.state_path(self.model_path),
-                                  self.s["finetune"]) if path and os.path.exists(path)]
+        kept = self.files_on_disk()
         return TrainingError(
             f"training diverged: {what} became {loss:.4g} in epoch {self.epoch + 1} (a uniform "
             f"guess over the vocabulary scores {math.log(len(self.corpus.dictionary)):.2f}); "
             "the run stopped without saving the diverged weights"
-            + (f", and {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} kept as before"
-               if kept else "; it had written no checkpoint yet")
+            + (f", and {listing(kept)} kept as before" if kept
+               else "; it had written no checkpoint yet")
             + ". Try a lower --lr or --clip")
 
     def end_epoch(self, train_loss):

@@ -48,6 +48,7 @@ def write_atomically(path, content):
 
 
 def remove_quietly(path):
+    """Remove the file `path` if it is there and may be removed; say nothing otherwise."""
     try:
         os.remove(path)
     except OSError:  # (renamed, never made, or a read-only directory)
@@ -59,6 +60,11 @@ def size_in_words(n_bytes):
     if n_bytes >= 2**20:
         return f"{n_bytes / 2**20:,.1f} MB"
     return f"{n_bytes / 2**10:,.1f} KB"
+
+
+def listing(paths):
+    """["a"] -> "a is", ["a", "b"] -> "a, b are": a sentence about files begins so."""
+    return f"{', '.join(paths)} {'is' if len(paths) == 1 else 'are'}"
 
 
 def plural(n, noun):
