@@ -79,7 +79,7 @@ EOF
             --lstm-emsize 16 --lstm-nhid 16 --lstm-batch-size 4 --lstm-bptt 10)
     precision_steps=(--configs a "${shapes[@]}" --steps 5 --warmup 1 --repeats 1)
     bench=(--configs abcde "${shapes[@]}" --steps 3 --warmup 1 --repeats 1 --cutoffs 2000)
-    recipe=(--emsize 16 --nhid 24 --batch_size 4 --bptt 10 --budget-minutes 0.15)
+    recipe=(--emsize 16 --nhid 24 --batch_size 4 --bptt 10 --budget-minutes 0.1)
     tests=(tests/test_util.py
            "tests/test_train.py::test_the_baseline_resumes_mid_epoch_with_the_same_dropout")
     slice=(--max-tokens 300)

@@ -756,31 +756,27 @@ def test_data_changed_under_a_resume_is_refused_unless_asked_for(tmp_path, make_
     assert len({record["data_sha256"]["train"] for record in state["provenance"]}) == 2
 
 
-def slow_test_corpus(make_corpus):
-    """A corpus whose test split takes seconds to score at batch size 1."""
-    rng = np.random.default_rng(5)
-    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n"
-                   for _ in range(3000))
-    return make_corpus(text[:20000], text[:3000], text)
-
-
-def test_sigterm_during_the_final_test_ends_like_ctrl_c(tmp_path, tiny, make_corpus):
+def test_sigterm_during_the_final_test_ends_like_ctrl_c(random_text, tmp_path, monkeypatch,
+                                                       capsys, tiny):
     """Schedulers (Slurm, Kubernetes) stop jobs with SIGTERM, at any moment."""
-    proc = start(tiny["awd"] + ["--data", slow_test_corpus(make_corpus), "--epochs", "1",
-                                "--max-batches", "3", "--save", tmp_path / "m.pt"])
-    for line in proc.stdout:
-        if line.startswith("finished after"):  # the test begins
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
-            break
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
-    assert "aborted; checkpoints on disk are intact" in err and "Traceback" not in err
+    def signalled(*args, progress=None, **kw):
+        if progress == "testing":  # the signal itself, to this process
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_mean_nll(*args, progress=progress, **kw)
+
+    real_mean_nll = train.mean_nll
+    monkeypatch.setattr(train, "mean_nll", signalled)
+    with pytest.raises(SystemExit) as exit_:
+        run(tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                           "--save", tmp_path / "m.pt"])
+    assert exit_.value.code == 130
+    assert "aborted; checkpoints on disk are intact" in capsys.readouterr().err
     summary = json.load(open(tmp_path / "m.json"))
     assert summary["test_interrupted"] and summary["test_ppl"] is None
     assert summary["model"] == str(tmp_path / "m.pt")
     checkpoint.load_model(str(tmp_path / "m.pt"))
     assert not (tmp_path / "m.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # as before the run
 
 
 def test_a_hang_up_saves_the_epoch_in_progress(tmp_path, tiny, make_corpus):
@@ -808,25 +804,34 @@ def test_a_hang_up_saves_the_epoch_in_progress(tmp_path, tiny, make_corpus):
     assert not (tmp_path / "m.lock").exists()
 
 
-def test_a_process_started_again_by_torchrun_continues_its_run(tmp_path, tiny, make_corpus,
+def test_a_process_started_again_by_torchrun_continues_its_run(random_text, tmp_path, tiny,
                                                                monkeypatch, capsys):
     """What torchrun --max-restarts does after a lost process, on one process: the same
     command again, with TORCHELASTIC_RESTART_COUNT set (tests/test_devices.py runs it
     under torchrun itself)."""
-    rng = np.random.default_rng(1)
-    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(400))
-    args = tiny["awd"] + ["--data", make_corpus(text, text[:2000], text[:2000]), "--epochs", "2",
-                          "--max-batches", "60", "--save", tmp_path / "m.pt"]
+    args = tiny["awd"] + ["--data", random_text, "--epochs", "2", "--max-batches", "20",
+                          "--save", tmp_path / "m.pt"]
     run(args[:-2] + ["--save", tmp_path / "straight.pt"])
-    proc = start(args)
-    for line in proc.stdout:  # killed in its second epoch, as a lost process is
-        if line.startswith("epoch    1 |"):
-            while not (tmp_path / "m.csv").exists():  # (written after the state)
-                time.sleep(0.01)
-            proc.kill()
-            break
-    proc.communicate(timeout=60)
+
+    class Lost(BaseException):  # the process dies, in its second epoch
+        pass
+
+    steps = []
+    real_step = trainer_module.train_step
+
+    def dies_at_step_25(*step_args):
+        steps.append(1)
+        if len(steps) == 25:
+            raise Lost
+        return real_step(*step_args)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_module, "train_step", dies_at_step_25)
+        with pytest.raises(Lost):
+            run(args)
+    assert checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")["epoch"] == 1
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    capsys.readouterr()
     run(args)
     assert f"torchrun restart 1: continuing from {tmp_path / 'm.state.pt'}" in (
         capsys.readouterr().out)
