@@ -358,24 +358,6 @@ def test_a_second_run_on_the_same_save_path_refuses_while_the_first_runs(random_
     assert checkpoint.load(str(tmp_path / "awd.state.pt"), kind="state")["args"]["epochs"] == 200
 
 
-def test_ctrl_c_during_the_final_test_exits_130_and_keeps_the_checkpoints(
-        random_text, tmp_path, monkeypatch, capsys, tiny):
-    def interrupted(*args, progress=None, **kw):
-        if progress == "testing":
-            raise KeyboardInterrupt
-        return real_evaluate(*args, progress=progress, **kw)
-
-    real_evaluate = train.mean_nll
-    monkeypatch.setattr(train, "mean_nll", interrupted)
-    with pytest.raises(SystemExit) as exit_:
-        run(tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
-                           "--save", tmp_path / "awd.pt"])
-    assert exit_.value.code == 130
-    assert "aborted" in capsys.readouterr().err
-    checkpoint.load_model(str(tmp_path / "awd.pt"))  # intact and usable
-    assert not (tmp_path / "awd.lock").exists()
-
-
 def test_a_diverging_run_exits_non_zero_and_leaves_earlier_files_as_they_were(random_text,
                                                                              tmp_path, tiny):
     args = tiny["awd"] + ["--data", random_text, "--epochs", "2", "--max-batches", "5",
@@ -756,12 +738,13 @@ def test_data_changed_under_a_resume_is_refused_unless_asked_for(tmp_path, make_
     assert len({record["data_sha256"]["train"] for record in state["provenance"]}) == 2
 
 
-def test_sigterm_during_the_final_test_ends_like_ctrl_c(random_text, tmp_path, monkeypatch,
-                                                       capsys, tiny):
-    """Schedulers (Slurm, Kubernetes) stop jobs with SIGTERM, at any moment."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_the_final_test_exits_130_and_keeps_the_checkpoints(
+        random_text, tmp_path, monkeypatch, capsys, tiny, stop_signal):
+    """Ctrl-C, or SIGTERM as schedulers (Slurm, Kubernetes) stop jobs, at any moment."""
     def signalled(*args, progress=None, **kw):
         if progress == "testing":  # the signal itself, to this process
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), stop_signal)
         return real_mean_nll(*args, progress=progress, **kw)
 
     real_mean_nll = train.mean_nll
@@ -774,7 +757,7 @@ def test_sigterm_during_the_final_test_ends_like_ctrl_c(random_text, tmp_path, m
     summary = json.load(open(tmp_path / "m.json"))
     assert summary["test_interrupted"] and summary["test_ppl"] is None
     assert summary["model"] == str(tmp_path / "m.pt")
-    checkpoint.load_model(str(tmp_path / "m.pt"))
+    checkpoint.load_model(str(tmp_path / "m.pt"))  # intact and usable
     assert not (tmp_path / "m.lock").exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # as before the run
 
