@@ -16,7 +16,10 @@ for each configuration: ms/step, tokens/s and peak memory:
       its logits alone take GiBs).
 (a)-(d) step on WikiText-2 tokens. Under torchrun, every process steps its share of the
 batch's columns through DistributedDataParallel, as train.py does, and tokens/s is given
-per process and in total.
+per process and in total. Each row also says which kernels ran the LSTMs (cuDNN, oneDNN or
+torch's own) and how many times a step made cuDNN copy their weights. Figures are printed
+as they come (every 25 timed steps, and each timing's result), so that a run cut short
+still says what it measured; the table of medians follows at the end.
 
     python bench.py                      # defaults: paper shapes on CUDA, smaller on CPU
     python bench.py --full               # the full-size models on any device
@@ -38,7 +41,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import devices
 from data import Corpus, CorpusError, batchify, windows
-from devices import PRECISIONS, describe_device, out_of_memory, set_precision
+from devices import (PRECISIONS, check_bf16, describe_device, out_of_memory,
+                     set_precision)
 from model import CLUSTER_SHRINK, build_model, count_parameters, model_config
 from settings import (COUNT, DEFAULT_DATA, Parser, SettingsError, ShowDefaults, checked,
                       cutoff_list, defaults)
@@ -77,31 +81,46 @@ def zipf_tokens(n, ntoken, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).choice(ntoken, size=n, p=p / p.sum()))
 
 
-class CudnnRepacks(TorchDispatchMode):
-    """Counts, while active, what makes cuDNN copy an LSTM's weights into a new flat buffer:
-    a flatten (what nn.LSTM does when its weights were swapped, e.g. by functional_call)
-    and a cuDNN LSTM call given weights that are not views of one buffer in its layout
-    (it then copies them and warns). Always 0 on the CPU, which has no cuDNN."""
+class LSTMKernels(TorchDispatchMode):
+    """Records, while active, which kernels ran the LSTMs (`path`: "cudnn", "onednn", or
+    "native" for torch's own) and counts the cuDNN weight re-packs (`repacks`): a flatten
+    (what nn.LSTM does when its weights were swapped, e.g. by functional_call) and a cuDNN
+    LSTM call given weights that are not views of one buffer in its layout (it then copies
+    them and warns). Re-packs are always 0 on the CPU, which has no cuDNN."""
 
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.repacks, self.kernels = 0, set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._cudnn_rnn_flatten_weight.default:
-            self.count += 1
-        elif func is torch.ops.aten._cudnn_rnn.default and args[3] is None:  # no weight_buf
-            self.count += 1
+            self.repacks += 1
+        elif func is torch.ops.aten._cudnn_rnn.default:
+            self.kernels.add("cudnn")
+            self.repacks += args[3] is None  # no weight_buf
+        elif func is torch.ops.aten.mkldnn_rnn_layer.default:
+            self.kernels.add("onednn")
         return func(*args, **(kwargs or {}))
+
+    @property
+    def path(self):
+        """"cudnn", "onednn" or "native": torch's own kernels (cell by cell) ran the LSTMs
+        when neither library's op was called."""
+        return "+".join(sorted(self.kernels)) or "native"
+
+
+PROGRESS_EVERY = 25  # timed steps between partial figures
 
 
 def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
-               group=devices.SINGLE):
+               group=devices.SINGLE, progress=None):
     """One configuration (`run`, an entry of RUNS, with the adaptive softmax's "cutoffs")
     at `shape`, stepping through `tokens` (1-D ids below `ntoken`): a dict of the mean
     seconds per training step, this process's peak memory (bytes), the parameter count,
     the mean training loss of the timed steps, the dtype the last LSTM layer computed in,
-    and the cuDNN weight re-packs of one more step (CudnnRepacks), untimed."""
+    the kernels that ran the LSTMs and the cuDNN weight re-packs of one more step
+    (LSTMKernels), untimed. Every PROGRESS_EVERY timed steps before the last, `progress`
+    (if given) is called with (steps so far, seconds per step, mean loss)."""
     emsize, nhid, nlayers, batch_size, bptt = shape
     s = dict(defaults(run["kind"]), emsize=emsize, nhid=nhid, nlayers=nlayers,
              batch_size=batch_size, bptt=bptt, precision=precision)
@@ -112,11 +131,13 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
                  alpha=0.0, beta=0.0)
     torch.manual_seed(0)
     model = build_model(model_config(dict(s, model=run["kind"]), ntoken)).to(device).train()
+    data = batchify(tokens[: (steps + warmup + 2) * bptt * batch_size + 1], batch_size)
+    data = data[:, group.columns(batch_size)].contiguous().to(device)
+    if precision == "bf16":
+        check_bf16(device, model, data.size(1))
     objective = group.wrap(Objective(model, s["alpha"], s["beta"]),
                            find_unused_parameters=model.adaptive)
     optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"], weight_decay=s["wdecay"])
-    data = batchify(tokens[: (steps + warmup + 2) * bptt * batch_size + 1], batch_size)
-    data = data[:, group.columns(batch_size)].contiguous().to(device)
     hidden = model.init_hidden(data.size(1))
     batches = windows(data, bptt)
     step_fn = run.get("step", train_step)
@@ -132,25 +153,38 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
             loss, hidden = step_fn(objective, optimizer, inputs, targets, hidden, s["lr"],
                                    s["clip"], precision)
             losses.append(loss)
+        synchronize(device)
         return losses
 
     steps_of(warmup)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    losses = steps_of(steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / steps
+    seconds, losses = 0.0, []
+    while len(losses) < steps:  # in parts, the device synchronised at each end
+        start = time.perf_counter()
+        losses += steps_of(min(PROGRESS_EVERY, steps - len(losses)))
+        seconds += time.perf_counter() - start
+        if progress is not None and len(losses) < steps:
+            progress(len(losses), seconds / len(losses), torch.stack(losses).float().mean().item())
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:  # the process's high-water mark so far (ru_maxrss is in KiB on Linux)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with CudnnRepacks() as repacks:
+    with LSTMKernels() as kernels:
         steps_of(1)
-    return dict(seconds=seconds, peak=peak, params=count_parameters(model),
+    return dict(seconds=seconds / steps, peak=peak, params=count_parameters(model),
                 train_loss=torch.stack(losses).float().mean().item(),
-                lstm_dtype=str(dtypes[-1]).replace("torch.", ""), repacks=repacks.count)
+                lstm_dtype=str(dtypes[-1]).replace("torch.", ""), kernels=kernels.path,
+                repacks=kernels.repacks)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def figures(seconds, tokens_per_step, loss):
+    """"35.2 ms/step, 2,273 tokens/s, train ppl 1,234.5": a timing in words."""
+    return (f"{1000 * seconds:.1f} ms/step, {tokens_per_step / seconds:,.0f} tokens/s, "
+            f"train ppl {ppl(loss):,.1f}")
 
 
 # The configurations: which model, its settings besides the shapes, which data.
@@ -232,13 +266,23 @@ def run(args, group, device):
     # Round-robin repeats, median per configuration: on a busy CPU single timings of the
     # same configuration differ by 10% and more.
     timings = {r["label"]: [] for r in runs}
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         for r in runs:
             tokens, ntoken = ((large, WT103_WORDS) if r.get("large_vocabulary") else
                               (corpus.train, len(corpus.dictionary)))
-            timings[r["label"]].append(time_steps(
-                dict(r, cutoffs=args.cutoffs), shapes[r["kind"]], tokens, ntoken, device,
-                args.steps, args.warmup, args.precision, group))
+            batch_size, bptt = shapes[r["kind"]][3:]
+            tokens_per_step = batch_size // group.size * bptt  # this process's
+            where = f"({r['label']}) {repeat + 1}/{args.repeats}"
+
+            def progress(done, seconds, loss):
+                print(f"{where}, after {done} of {args.steps} timed steps: "
+                      f"{figures(seconds, tokens_per_step, loss)}")
+
+            t = time_steps(dict(r, cutoffs=args.cutoffs), shapes[r["kind"]], tokens, ntoken,
+                           device, args.steps, args.warmup, args.precision, group, progress)
+            timings[r["label"]].append(t)
+            print(f"{where}: {figures(t['seconds'], tokens_per_step, t['train_loss'])}, LSTMs "
+                  f"in {t['lstm_dtype']} on {t['kernels']} kernels, {t['repacks']} re-packs")
     print_table(runs, timings, shapes, group, device)
     for kind in sorted({r["kind"] for r in runs}):
         print(f"shapes {kind}: " + ", ".join(f"{n} {v}" for n, v in zip(SHAPE, shapes[kind])))
@@ -273,7 +317,8 @@ def print_table(runs, timings, shapes, group, device):
     memory = "peak GPU memory" if device.type == "cuda" else "process peak RSS"
     per_process = f" {'tok/s/proc':>10}" if group.size > 1 else ""
     print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10}"
-          f"{per_process} {'train ppl':>10} {'LSTM':>8} {'re-packs':>8} {memory:>16}")
+          f"{per_process} {'train ppl':>10} {'LSTM':>8} {'kernels':>8} {'re-packs':>8} "
+          f"{memory:>16}")
     results = {}
     for r in runs:
         label = r["label"]
@@ -289,7 +334,7 @@ def print_table(runs, timings, shapes, group, device):
         per_process = f" {statistics.mean(rates):>10,.0f}" if group.size > 1 else ""
         print(f"{name:<44} {first['params']:>11,} {1000 * seconds:>9.1f} {sum(rates):>10,.0f}"
               f"{per_process} {ppl(first['train_loss']):>10.1f} {first['lstm_dtype']:>8} "
-              f"{first['repacks']:>8} {peak / 2**20:>13,.0f} MiB")
+              f"{first['kernels']:>8} {first['repacks']:>8} {peak / 2**20:>13,.0f} MiB")
         for this, that in (("a", "b"), ("c", "d"), ("e", "f")):
             if label == that and this in results:
                 print(f"{f'{this}/{that} (speed of {this} relative to {that})':<44} "

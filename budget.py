@@ -1,13 +1,19 @@
-"""budget.py: fit a training run into a wall-clock budget (train.py --budget-minutes).
+"""budget.py: fit a training run into a wall-clock budget (train.py --budget-minutes), and
+keep a planned run on its plan.
 
 Before the first batch the run measures itself on throwaway copies (the model, optimizer
 and random-number state it will train with are left untouched): seconds per training step,
-and seconds for one validation pass and for the final test pass. `plan` then fixes the
-number of epochs whose training and validation fit, after the test and a safety margin,
-and the step from which the weights are averaged. The plan is printed and kept in the
-training state; if the run still falls behind (a slower machine, a busy GPU), the trainer
-ends the epoch early at the deadline, so that validation, the saved model and the test
-still finish inside the budget.
+and seconds for one validation pass, for the final test pass and for an epoch's checkpoint
+writes. `plan` then fixes the number of epochs whose training and validation fit, after
+the test and a safety margin, and the step from which the weights are averaged. The plan is
+printed and kept in the training state.
+
+If the run falls behind its plan anyway (a slower machine, a busy GPU), the trainer
+re-fits the rest of it at its next sync point (`steps_that_fit`, `reshape`): fewer steps,
+and the rest of the lr schedule spread over them (`schedule_position`), so that a 1cycle
+run still ends annealed and a planned average still starts. A plan only ever shrinks. The
+deadline stays the last resort: there the trainer ends the epoch, so that validation, the
+saved model and the test still finish inside the budget.
 """
 
 import itertools
@@ -18,8 +24,7 @@ import time
 import torch
 
 from data import mean_nll, windows
-from trainer import train_step
-from util import plural, remove_quietly
+from util import plural, remove_quietly, size_in_words
 
 # Part of the budget kept free for what the measurements cannot see (the first CUDA
 # kernels, jitter): 3% of it, at least 2 seconds. Epochs also cost a little more than
@@ -35,28 +40,16 @@ def synchronize(device):
 
 def measure(trainer, warmup=2, steps=20):
     """Seconds per training step, per validation pass, per test pass and for the checkpoint
-    writes of an epoch, measured on copies of the trainer's model and optimizer (and a
-    probe file, removed); the RNG states are restored afterwards. Under torchrun every
-    process measures together (its steps and passes talk to the others) and the main
-    process's figures are returned to all, so that all of them plan alike."""
+    writes of an epoch (and the bytes those write), measured on copies of the trainer's
+    model and optimizer (and a probe file, removed); the RNG states are restored
+    afterwards. Under torchrun every process measures together (its steps and passes talk
+    to the others) and the main process's figures are returned to all, so that all of them
+    plan alike."""
     s, device, group = trainer.s, trainer.device, trainer.group
     rng_state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    model, objective, optimizer = trainer.spare_copy()
-    batches = windows(trainer.train_data, s["bptt"])
-    hidden = model.init_hidden(trainer.train_data.size(1))
-
-    def run(n):
-        nonlocal hidden
-        for _, inputs, targets in itertools.islice(batches, n):
-            _, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["lr"],
-                                   s["clip"], s["precision"])
-        synchronize(device)
-
-    run(warmup)
-    started = time.perf_counter()
-    run(steps)
-    step_s = (time.perf_counter() - started) / steps
+    model, optimizer, step = trainer.spare_copy()
+    step_s = step_seconds(step, model, trainer.train_data, s["bptt"], warmup, steps)
 
     def pass_seconds(data, batch_size):
         # Time a slice of about 8 windows and scale to the split; mean_nll's own first
@@ -70,18 +63,70 @@ def measure(trainer, warmup=2, steps=20):
 
     valid_s = pass_seconds(trainer.corpus.valid, s["eval_batch_size"])
     test_s = pass_seconds(trainer.corpus.test, s["test_batch_size"])
-    # Every epoch writes the training state, and the model when it improves.
+    save_s, save_bytes = write_seconds(trainer, optimizer)
+    torch.set_rng_state(rng_state)
+    if cuda_state is not None:
+        torch.cuda.set_rng_state(cuda_state, device)
+    return group.broadcast(dict(step_s=step_s, valid_s=valid_s, test_s=test_s, save_s=save_s,
+                                save_bytes=save_bytes))
+
+
+def step_seconds(step, model, data, bptt, warmup, steps):
+    """Mean seconds of `steps` calls of `step(inputs, targets, hidden)` (a training step of
+    `model`, Trainer.spare_copy's) on consecutive windows of `data`, after `warmup`."""
+    batches = windows(data, bptt)
+    hidden = model.init_hidden(data.size(1))
+
+    def run(n):
+        nonlocal hidden
+        for _, inputs, targets in itertools.islice(batches, n):
+            _, hidden = step(inputs, targets, hidden)
+        synchronize(data.device)
+
+    run(warmup)
+    started = time.perf_counter()
+    run(steps)
+    return (time.perf_counter() - started) / steps
+
+
+def write_seconds(trainer, stepped_optimizer):
+    """(seconds, bytes) of an epoch's checkpoint writes: the training state, and the model
+    whenever validation improves. The disk's speed comes from a probe, the trainer's state
+    as it is now (written, timed and removed); the bytes from what the run's state will
+    hold: its optimizer's state after steps (that of `stepped_optimizer`, the copy that took
+    them: Adam keeps two moments per weight, which the run's own optimizer, not yet
+    stepped, lacks) and the averaged weights of a run that averages."""
     probe = f"{trainer.model_path}.budget-probe{os.getpid()}"
     started = time.perf_counter()
     try:
         trainer.save_state(probe)
+        probe_bytes = os.path.getsize(probe) if trainer.group.main else 1
     finally:
         remove_quietly(probe)
-    save_s = 1.5 * (time.perf_counter() - started)
-    torch.set_rng_state(rng_state)
-    if cuda_state is not None:
-        torch.cuda.set_rng_state(cuda_state, device)
-    return group.broadcast(dict(step_s=step_s, valid_s=valid_s, test_s=test_s, save_s=save_s))
+    seconds = time.perf_counter() - started
+    weights = tensor_bytes(trainer.model.state_dict())
+    state = (probe_bytes - tensor_bytes(trainer.optimizer.state_dict())
+             + tensor_bytes(stepped_optimizer.state_dict())
+             + (weights if trainer.averages and trainer.averaged is None else 0))
+    written = state + weights  # (the model file: its weights, and a small header)
+    return seconds * written / probe_bytes, written
+
+
+def tensor_bytes(value, counted=None):
+    """The bytes of the tensors in `value` (nested dicts and lists), each storage counted
+    once, as torch.save writes it (a tied embedding and decoder are one matrix)."""
+    counted = set() if counted is None else counted
+    if isinstance(value, torch.Tensor):
+        storage = value.untyped_storage().data_ptr()
+        if storage in counted and value.numel():
+            return 0
+        counted.add(storage)
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        value = value.values()
+    if isinstance(value, (list, tuple, type({}.values()))):
+        return sum(tensor_bytes(v, counted) for v in value)
+    return 0
 
 
 def plan(budget_s, spent_s, speed, steps_per_epoch, max_epochs, average_start):
@@ -108,18 +153,97 @@ def plan(budget_s, spent_s, speed, steps_per_epoch, max_epochs, average_start):
     return fixed_plan(epochs, steps_per_epoch if epochs > 1 else last, average_start,
                       budget_s=budget_s, last_epoch_batches=last,
                       train_deadline_s=budget_s - margin - speed["test_s"] - speed["valid_s"]
-                      - speed["save_s"])
+                      - speed["save_s"], step_s=speed["step_s"], epoch_end_s=per_epoch)
 
 
 def fixed_plan(epochs, steps_per_epoch, average_start, budget_s=None, train_deadline_s=None,
-               last_epoch_batches=None):
+               last_epoch_batches=None, step_s=None, epoch_end_s=0.0):
     """The plan of a run without a budget (--schedule onecycle): its epochs as given (the
-    last one of `last_epoch_batches` steps when given)."""
+    last one of `last_epoch_batches` steps when given). A budget's plan also keeps the
+    measured seconds of a step and of an epoch's end (validation and writes), which a
+    re-fit weighs."""
     last = steps_per_epoch if last_epoch_batches is None else last_epoch_batches
     total = (epochs - 1) * steps_per_epoch + last
     return dict(epochs=epochs, batches_per_epoch=steps_per_epoch, last_epoch_batches=last,
                 total_steps=total, average_from=math.floor(average_start * total),
-                budget_s=budget_s, train_deadline_s=train_deadline_s)
+                budget_s=budget_s, train_deadline_s=train_deadline_s, step_s=step_s,
+                epoch_end_s=epoch_end_s)
+
+
+# --- Keeping to a plan --------------------------------------------------------------------
+#
+# The lr schedule of a planned run (1cycle, onecycle) is laid over the steps first planned,
+# plan["schedule_steps"]. When the run re-fits its plan (it fell behind the deadline, or a
+# resume changed --epochs), the plan records where it was (its "schedule_anchor": the run's
+# step and the schedule's step then) and spreads the rest of the schedule over the rest of
+# the new plan, so that the schedule's last step is the run's last.
+
+def epoch_batches(p, epoch):
+    """The planned steps of epoch number `epoch` (0 for the first): a budget's last epoch
+    may be shorter."""
+    last = epoch + 1 >= p["epochs"]
+    return p.get("last_epoch_batches", p["batches_per_epoch"]) if last else p["batches_per_epoch"]
+
+
+def steps_left(p, epoch, batches_done):
+    """The plan's steps after `batches_done` of epoch `epoch`."""
+    rest, later = max(epoch_batches(p, epoch) - batches_done, 0), p["epochs"] - epoch - 1
+    if later < 1:
+        return rest
+    return rest + (later - 1) * p["batches_per_epoch"] + epoch_batches(p, p["epochs"] - 1)
+
+
+def seconds_for(p, epoch, batches_done, steps, step_s):
+    """Seconds to train `steps` more steps of the plan after `batches_done` of epoch
+    `epoch`, at `step_s` seconds a step, with the end (validation, writes) of each epoch
+    they finish before the last one (whose end is reserved beyond the deadline)."""
+    rest = max(epoch_batches(p, epoch) - batches_done, 0)
+    ends = 0 if steps <= rest else math.ceil((steps - rest) / p["batches_per_epoch"])
+    return steps * step_s + ends * p.get("epoch_end_s", 0.0)
+
+
+def steps_that_fit(p, epoch, batches_done, seconds, step_s):
+    """How many of the plan's steps left after `batches_done` of epoch `epoch` fit in
+    `seconds` of training at `step_s` seconds a step (seconds_for)."""
+    fit, beyond = 0, steps_left(p, epoch, batches_done) + 1  # fit fits, beyond does not
+    while beyond - fit > 1:
+        middle = (fit + beyond) // 2
+        if seconds_for(p, epoch, batches_done, middle, step_s) <= seconds:
+            fit = middle
+        else:
+            beyond = middle
+    return fit
+
+
+def reshape(p, steps_done, epoch, batches_done, steps, average_start):
+    """The plan `p` re-fitted to `steps` more steps after `batches_done` of epoch `epoch`
+    (`steps_done` in all): the epoch in progress ends sooner or later epochs drop, the rest
+    of the lr schedule spreads over the new rest, and a planned average that has not begun
+    starts at `average_start` of the new total."""
+    rest, per_epoch = max(epoch_batches(p, epoch) - batches_done, 0), p["batches_per_epoch"]
+    if steps <= rest:  # the epoch in progress becomes the last
+        epochs, last = epoch + 1, batches_done + steps
+    else:
+        whole, extra = divmod(steps - rest, per_epoch)
+        epochs, last = epoch + 1 + whole + (extra > 0), extra or per_epoch
+    total = steps_done + steps
+    new = dict(p, epochs=epochs, last_epoch_batches=last, total_steps=total,
+               schedule_steps=p.get("schedule_steps", p["total_steps"]),
+               schedule_anchor=[steps_done, schedule_position(p, steps_done)])
+    if steps_done < p["average_from"]:
+        new["average_from"] = max(steps_done, math.floor(average_start * total))
+    return new
+
+
+def schedule_position(p, step):
+    """The step of the lr schedule that the run's step `step` has reached: the same until a
+    re-fit, then the rest of the schedule spread evenly over the rest of the plan."""
+    anchor = p.get("schedule_anchor")
+    if anchor is None:
+        return step
+    run_at, schedule_at = anchor
+    return schedule_at + ((step - run_at) * (p["schedule_steps"] - schedule_at)
+                          // max(p["total_steps"] - run_at, 1))
 
 
 def epochs_in_words(p):
@@ -141,7 +265,8 @@ def describe(p, speed, started_at, averages=True):
     averaging = f", averaging from step {p['average_from']:,}" if averages else ""
     return (f"budget {p['budget_s'] / 60:g} min: measured {speed['step_s'] * 1000:.1f} ms per "
             f"step, {speed['valid_s']:.1f} s per validation, {speed['save_s']:.2f} s of "
-            f"checkpoint writes per epoch, {speed['test_s']:.1f} s for the test\n"
+            f"checkpoint writes per epoch ({size_in_words(speed['save_bytes'])}), "
+            f"{speed['test_s']:.1f} s for the test\n"
             f"plan: {epochs_in_words(p)}"
             + f"{averaging}; training stops by "
             f"{p['train_deadline_s'] / 60:.1f} min at the latest; the run ends by {end}")

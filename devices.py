@@ -17,6 +17,7 @@ that the loop's sync points share.
     group.columns(80)                   # this process's columns of a batch of 80
     group.sum(tensor)                   # summed over the processes, in place
     set_precision("bf16", device)       # --precision, as every script applies it
+    check_bf16(device, model, 80)       # bf16: the model's LSTMs run here, or why not
 """
 
 import contextlib
@@ -33,6 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from model import LSTMLayer
 from settings import BY_NAME, SettingsError
 
 
@@ -72,52 +74,58 @@ def set_precision(precision, device, training=True):
         fp32   IEEE float32 everywhere
         tf32   TensorFloat-32 in matmuls and cuDNN's LSTMs (NVIDIA GPUs only)
         bf16   training steps under bfloat16 autocast (trainer.train_step; the LSTMs in
-               bfloat16 too, model.LSTMLayer), everything else as fp32
+               bfloat16 too, model.LSTMLayer), matmuls outside autocast in IEEE float32;
+               cuDNN's LSTMs keep PyTorch's default, as under torch (see below)
     On the CPU all four compute float32 parts alike (IEEE). Evaluation and sampling
     (`training` False) always run in float32 and take only the option's float32 math, so a
-    checkpoint trained with any option is read anywhere; training raises SettingsError
-    where the device cannot run the option."""
+    checkpoint trained with any option is read anywhere; training tf32 on a CPU raises
+    SettingsError (check_bf16 says whether a device runs bf16 LSTMs).
+
+    PyTorch has one switch for the math of cuDNN's LSTMs, whatever their dtype: with TF32
+    off, its RNN descriptor (aten/src/ATen/cudnn/Descriptors.h) asks cuDNN for FMA math,
+    without tensor cores, for every input that is not float16, bfloat16 included. So bf16
+    leaves the switch on, as PyTorch's default does; cuDNN then runs bfloat16 LSTMs on
+    tensor cores (and validation's float32 LSTMs may use TF32, as under torch). The
+    switches are set through PyTorch's older setters, which keep its newer per-operator
+    flags (torch >= 2.9) in step: setting one of those alone leaves torch's own TF32
+    getters raising."""
     if training and precision == "tf32" and device.type != "cuda":
         raise SettingsError("--precision tf32 needs an NVIDIA GPU (TF32 is a tensor-core "
                             "format); on the CPU use --precision fp32")
-    if training and precision == "bf16":
-        check_bf16(device)
-    matmul = "tf32" if precision == "tf32" else "ieee"
-    lstm = "tf32" if precision in ("tf32", "torch") else "ieee"
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
-        torch.backends.cuda.matmul.fp32_precision = matmul
-        torch.backends.cudnn.rnn.fp32_precision = lstm
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = matmul == "tf32"
-        torch.backends.cudnn.allow_tf32 = lstm == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision in ("torch", "tf32", "bf16")
 
 
 def float32_math():
     """(matmuls, cuDNN's LSTMs): how this process computes float32 on CUDA, "ieee" or
     "tf32" for each (set_precision sets both)."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
-        return (torch.backends.cuda.matmul.fp32_precision,
-                torch.backends.cudnn.rnn.fp32_precision)
     return tuple("tf32" if on else "ieee" for on in (torch.backends.cuda.matmul.allow_tf32,
                                                      torch.backends.cudnn.allow_tf32))
 
 
-def check_bf16(device):
-    """Run a tiny LSTM step in bfloat16 the way model.LSTMLayer does under bf16 (the LSTM
-    op with bfloat16 input, state and weights, autocast off), or say why this device
-    cannot."""
+def check_bf16(device, model, batch_size):
+    """Run one bfloat16 training step of an LSTM layer of each of `model`'s shapes (input
+    and hidden size, `batch_size` columns, on `device`) the way model.LSTMLayer runs its
+    layers under bf16, with the math that set_precision chose, or say why this device
+    cannot. The model's own shapes, because cuDNN picks its algorithm by them: PyTorch
+    sends narrow LSTMs (hidden size up to 192 forward, 128 backward) to a persistent
+    small-hidden algorithm and wider ones to the standard one (use_rnn_persist_small_h in
+    aten/src/ATen/native/cudnn/RNN.cpp), so a tiny probe would pass for the wrong one."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SettingsError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not "
                             "support bfloat16; use --precision torch (or fp32, tf32)")
-    bf16 = dict(device=device, dtype=torch.bfloat16)
-    weights = [torch.zeros(32, 8, **bf16), torch.zeros(32, 8, **bf16), torch.zeros(32, **bf16),
-               torch.zeros(32, **bf16)]
-    weights[1].requires_grad_()
-    hidden = (torch.zeros(1, 1, 8, **bf16), torch.zeros(1, 1, 8, **bf16))
+    shapes = {(rnn.lstm.input_size, rnn.lstm.hidden_size) for rnn in model.rnns}
     try:
-        output = torch.lstm(torch.zeros(2, 1, 8, **bf16), hidden, weights, True, 1, 0.0, True,
-                            False, False)[0]
-        output.float().sum().backward()
+        with torch.random.fork_rng(devices=[]):  # (the probes' weights leave the run's
+            for input_size, hidden_size in sorted(shapes):  # generator as it was)
+                probe = LSTMLayer(input_size, hidden_size).to(device).train()
+                zeros = torch.zeros(1, batch_size, hidden_size, device=device)
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    output, _ = probe(torch.zeros(2, batch_size, input_size, device=device),
+                                      (zeros, zeros))
+                output.float().sum().backward()
+                if output.dtype != torch.bfloat16:
+                    raise RuntimeError(f"the LSTM computed in {output.dtype}")
     except RuntimeError as e:
         reason = str(e).strip().split(". ")[0][:160]
         raise SettingsError(f"--precision bf16: PyTorch cannot run an LSTM in bfloat16 on this "

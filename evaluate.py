@@ -114,6 +114,7 @@ def trainable_copy(model):
 
 
 ESTIMATE_AFTER = 20  # windows timed before saying how long a pass will take
+PARTIAL_EVERY = 1000  # segments between the partial figures of dynamic evaluation in a log
 
 
 def say_estimate(what, done, total, started):
@@ -192,6 +193,11 @@ def dynamic_nll(model, data, batch_size, segment, lr, eps, pulls, rms, progress=
             say_estimate(progress, n + 1, segments, started)
         if not bar.disable and n % 50 == 0:
             bar.set_postfix(ppl=f"{ppl(total.item() / ((row + len(inputs)) * batch_size)):.2f}")
+        elif bar.disable and (n + 1) % PARTIAL_EVERY == 0 and n + 1 < segments:
+            # (a log gets no bar: these lines say how far it got, should the run be cut)
+            print(f"{progress}: {n + 1:,} of {segments:,} segments, ppl so far "
+                  f"{ppl(total.item() / ((row + len(inputs)) * batch_size)):.2f}",
+                  file=sys.stderr)
     return total.item(), scored_targets(len(data), batch_size)
 
 

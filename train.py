@@ -189,6 +189,8 @@ def set_up(args, stack, group, device, command):
         checkpoint.build(source, loaded)
     trainer = Trainer(settings, corpus, device,
                       weights=loaded["model"] if args.finetune else None, group=group)
+    if settings["precision"] == "bf16":
+        devices.check_bf16(device, trainer.model, trainer.train_data.size(1))
     if args.resume:
         try:
             trainer.load_state(loaded)
@@ -294,9 +296,11 @@ def check_corpus_fits(s, corpus, device, group):
 
 def plan_run(trainer, args, started):
     """Fix a planned run's schedule: from its measured speed under a budget, from --epochs
-    otherwise; a resumed run keeps its plan and the part of its budget not yet spent."""
+    otherwise; a resumed run keeps its plan (re-fitted when --epochs changed) and the part
+    of its budget not yet spent."""
     s = trainer.s
     if args.resume and trainer.plan is not None:
+        trainer.fit_plan_to_epochs(s["epochs"])
         spent = (trainer.metrics[-1].get("elapsed_s", 0.0) if trainer.metrics else 0.0) + \
             (trainer.position.seconds if trainer.position is not None else 0.0)
     elif s["budget_minutes"]:

@@ -8,6 +8,7 @@ a Trainer of its own columns of the batch (devices.Group); what one process may 
 (a stop, a passed deadline, a due save) they decide together at sync points.
 """
 
+import bisect
 import copy
 import itertools
 import math
@@ -17,7 +18,9 @@ from functools import partial
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+import budget
 import checkpoint
 from checkpoint import Position
 from data import batchify, mean_nll, mean_seq_len, sample_seq_len, windows
@@ -30,6 +33,11 @@ from util import listing, plural, ppl, progress_bar
 
 DIVERGED = 10.0  # nats above a uniform guess at which a run counts as diverged
 SYNC_SECONDS = 5.0  # sync points come at least this often (and every --log-interval batches)
+# Keeping to a budget's deadline: the pace is measured over the latest batches that span a
+# tenth of the time left (long enough early on that the first windows of an epoch, slower
+# while new shapes warm up, cannot shorten a plan by themselves; short near the end, where
+# a slowdown must be seen at once), and a re-fitted plan fills 95% of the time left.
+PACE_WINDOW, REFIT_SHARE = 0.1, 0.95
 MIN_WINDOW = 2  # like the reference code, an epoch leaves out a last window of one target
 
 
@@ -97,11 +105,25 @@ class EpochSums:
         self.checked = (self.total, self.all_tokens, self.batches)
         self.synced_at = (time.time(), self.batches)  # the last sync point
         self.next_sync = self.batches + 1  # the first batch shows a loss at once
+        self.ended_at = []  # when each batch here ended, from the first (which pays for the
+        #                     epoch's start and so only opens the record of its pace)
+        self.pace = self.seconds_left = None  # as agreed at the last sync point
 
     def add(self, loss, tokens):
         self.loss_sum += loss.double() * tokens
         self.tokens += tokens
         self.batches += 1
+        self.ended_at.append(time.time())
+
+    def seconds_per_batch(self, at_least):
+        """This process's recent pace: over its latest batches that span `at_least` seconds
+        (and two batches at least), or None before it has run that long this epoch."""
+        ended = self.ended_at
+        start = bisect.bisect_right(ended, ended[-1] - at_least) - 1 if ended else -1
+        start = min(start, len(ended) - 3)
+        if start < 0:
+            return None
+        return (ended[-1] - ended[start]) / (len(ended) - 1 - start)
 
     def position(self, row, hidden, group):
         return Position(index=row, batches=self.batches, loss_sum=self.total,
@@ -137,6 +159,7 @@ class Trainer:
         self.scheduler = None  # the per-step lr schedule of onecycle and 1cycle
         self.deadline = None  # time.time() by which training must stop (a budget)
         self.out_of_time = False
+        self.replanned = False  # the plan was re-fitted during the epoch in progress
         self.rng = np.random.default_rng(s["seed"])  # variable BPTT lengths
         # (steps, batch) or, under torchrun, this process's columns of it
         self.train_data = batchify(corpus.train, s["batch_size"])[
@@ -177,9 +200,39 @@ class Trainer:
 
     def set_plan(self, plan):
         """Fix the run's plan (budget.plan): epochs, steps per epoch, the averaging start,
-        and the lr schedule over the planned steps."""
+        and the lr schedule over the planned steps (those first planned, when the plan was
+        re-fitted since: budget.schedule_position)."""
         self.plan = plan
-        self.scheduler = make_scheduler(self.s, self.optimizer, plan["total_steps"])
+        self.scheduler = make_scheduler(self.s, self.optimizer,
+                                        plan.get("schedule_steps", plan["total_steps"]))
+
+    def fit_plan_to_epochs(self, epochs):
+        """A resume that changes --epochs of a planned run: the rest of the plan re-fitted
+        to end with epoch `epochs`, its lr schedule ending there. A budget's plan only
+        shrinks (more epochs than it fitted would not fit)."""
+        if self.plan.get("budget_s") is not None and epochs > self.plan["epochs"]:
+            print(f"note: the budget's plan of {plural(self.plan['epochs'], 'epoch')} stands "
+                  f"(a budget fits whole epochs up to --epochs when the run starts)")
+            self.s["epochs"] = self.plan["epochs"]
+        elif self.epoch < epochs != self.plan["epochs"]:
+            batches = self.position.batches if self.position is not None else 0
+            per_epoch = self.plan["batches_per_epoch"]
+            steps = max(per_epoch - batches, 0) + (epochs - self.epoch - 1) * per_epoch
+            self.refit_plan(steps, batches, f"--epochs {epochs} instead of the plan's "
+                                            f"{self.plan['epochs']}")
+
+    def refit_plan(self, steps, batches_done, why):
+        """Re-fit the plan to `steps` more steps after `batches_done` of the epoch in
+        progress (budget.reshape), the lr schedule going on from where it stands; says
+        `why` on the main process."""
+        self.plan = budget.reshape(self.plan, self.steps, self.epoch, batches_done, steps,
+                                   self.s["average_start"])
+        self.s["epochs"] = self.plan["epochs"]  # (the epoch loop ends there)
+        self.replanned = True
+        if self.group.main:
+            tqdm.write(f"{why}: {plural(steps, 'step')} left, the plan now "
+                       f"{budget.epochs_in_words(self.plan)}; the lr schedule's rest spreads "
+                       "over them")
 
     @property
     def averages(self):
@@ -208,8 +261,9 @@ class Trainer:
         (if given) the state is saved mid-epoch, to resume from exactly like an end-of-epoch
         state. Returns the mean training loss, or None when stopped by a signal (`stop`),
         also at the epoch's end, so that the state is saved before any validation. A stop,
-        a passed deadline and a due save take effect after the batch that sees them on one
-        process; under torchrun at the next sync point."""
+        a passed deadline, a due save and a budget run falling behind its plan (which
+        re-fits the plan: keep_to_the_deadline) take effect after the batch that sees them
+        on one process; under torchrun at the next sync point."""
         s, group, data = self.s, self.group, self.train_data
         self.model.train()
         if self.position is None:
@@ -217,10 +271,8 @@ class Trainer:
         sums = EpochSums(self.position, group, self.device)
         hidden, row, last_save = self.position.hidden, self.position.index, time.time()
         seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
-        if self.plan is not None:  # (a budget's last epoch may be shorter)
-            last = self.epoch + 1 >= self.plan["epochs"]
-            max_batches = self.plan.get("last_epoch_batches" if last else "batches_per_epoch",
-                                        self.plan["batches_per_epoch"])
+        if self.plan is not None:  # (a budget's last epoch may be shorter; re-fits shorten it)
+            max_batches = budget.epoch_batches(self.plan, self.epoch)
         left = None if max_batches is None else max(max_batches - sums.batches, 0)
         at_end = stopping = False
         with progress_bar(total=self.steps_per_epoch(max_batches), initial=sums.batches,
@@ -236,15 +288,23 @@ class Trainer:
                 sums.add(loss, targets.numel())
                 row += inputs.size(0)
                 bar.update(1)
+                if self.plan is not None:
+                    max_batches = budget.epoch_batches(self.plan, self.epoch)
                 at_end = data.size(0) - 1 - row < MIN_WINDOW or sums.batches == max_batches
-                requests = (  # what this process alone may have seen: stop, late, save due
-                    stop.requested, self.deadline is not None and time.time() >= self.deadline,
-                    save_every is not None and time.time() - last_save >= save_every)
+                now = time.time()
+                requests = (  # what this process alone may have seen: stop, late, save due,
+                    stop.requested, self.deadline is not None and now >= self.deadline,
+                    save_every is not None and now - last_save >= save_every,
+                    self.behind(sums, now))  # behind the plan
                 if sums.batches < sums.next_sync and not at_end and not (
                         group.size == 1 and any(requests)):
                     continue
-                stopping, late, save_due = self.sync(sums, requests, base_lr, bar, on_progress,
-                                                     log_interval)
+                stopping, late, save_due, behind = self.sync(sums, requests, base_lr, bar,
+                                                             on_progress, log_interval)
+                if behind:
+                    self.keep_to_the_deadline(sums)
+                    at_end = at_end or sums.batches >= budget.epoch_batches(self.plan,
+                                                                            self.epoch)
                 if late:
                     self.out_of_time = at_end = True  # a budget: end the epoch here
                 if stopping or self.out_of_time:
@@ -258,10 +318,39 @@ class Trainer:
             return None  # a resume then runs)
         return self.position.loss_sum / self.position.tokens
 
+    def behind(self, sums, now):
+        """Whether, at this process's pace, the plan's steps left would run past the
+        deadline (with the validations of the epochs they finish)."""
+        if self.deadline is None:
+            return False
+        left = self.deadline - now
+        pace = sums.seconds_per_batch(PACE_WINDOW * left)
+        steps = budget.steps_left(self.plan, self.epoch, sums.batches)
+        return pace is not None and budget.seconds_for(self.plan, self.epoch, sums.batches,
+                                                       steps, pace) > left
+
+    def keep_to_the_deadline(self, sums):
+        """Behind the plan: re-fit its rest into REFIT_SHARE of the time left, at the pace
+        and with the time left that the processes agreed on (the same plan on each)."""
+        if not sums.pace:  # (no process has measured its pace yet)
+            return
+        planned = budget.steps_left(self.plan, self.epoch, sums.batches)
+        fit = budget.steps_that_fit(self.plan, self.epoch, sums.batches,
+                                    REFIT_SHARE * sums.seconds_left, sums.pace)
+        if fit < planned:
+            expected = self.plan.get("step_s")
+            self.refit_plan(fit, sums.batches, f"behind the plan (a step takes "
+                            f"{1000 * sums.pace:.1f} ms" + (f", {1000 * expected:.1f} ms "
+                                                             "planned" if expected else "")
+                            + ")")
+
     def after_step(self):
         """The schedule's step and the weight average's update, after every training step."""
-        if self.scheduler is not None and self.steps + 1 < self.scheduler.total_steps:
-            self.scheduler.step()
+        if self.scheduler is not None:  # (to the schedule's step this step has reached)
+            reached = min(budget.schedule_position(self.plan, self.steps + 1),
+                          self.scheduler.total_steps - 1)
+            while self.scheduler.last_epoch < reached:
+                self.scheduler.step()
         planned_average = (self.plan is not None and self.averages
                            and self.steps >= self.plan["average_from"])
         if self.averaged is None and planned_average:  # (NT-ASGD may have started it)
@@ -277,14 +366,18 @@ class Trainer:
         SYNC_SECONDS (a stop is honoured that soon whatever --log-interval says). Checks
         the mean loss since the last check for divergence, shows the progress (with the
         step's base `lr`), and returns the requests that any process made: (stop, late,
-        save due)."""
+        save due, behind the plan). The processes also agree on the pace and the seconds
+        left before the deadline (their means), which a re-fit of the plan reads."""
         (at, batches), now = sums.synced_at, time.time()
         step_s = (now - at) / max(sums.batches - batches, 1)
-        counts = torch.tensor([sums.tokens, step_s, *requests], dtype=torch.float64,
-                              device=self.device)
+        seconds_left = self.deadline - now if self.deadline is not None else 0.0
+        pace = sums.seconds_per_batch(PACE_WINDOW * seconds_left) or 0.0
+        counts = torch.tensor([sums.tokens, step_s, pace, seconds_left, *requests],
+                              dtype=torch.float64, device=self.device)
         totals = self.group.sum(torch.cat([sums.loss_sum.view(1), counts])).tolist()
         sums.total, sums.all_tokens = totals[0], round(totals[1])
-        mean_step_s = totals[2] / self.group.size  # the same number on every process
+        # The same numbers on every process:
+        mean_step_s, sums.pace, sums.seconds_left = (t / self.group.size for t in totals[2:5])
         sums.synced_at = (now, sums.batches)
         sums.next_sync = sums.batches + max(1, min(log_interval,
                                                    int(SYNC_SECONDS / max(mean_step_s, 1e-9))))
@@ -300,7 +393,7 @@ class Trainer:
                         tok_s=f"{tokens_per_s:,.0f}")
         if on_progress is not None:
             on_progress(self.steps, mean_loss, lr, tokens_per_s)
-        return tuple(v > 0 for v in totals[3:])
+        return tuple(v > 0 for v in totals[5:])
 
     def diverged(self, loss):
         """A mean loss that shows the run blew up: not finite, or DIVERGED nats above that of
@@ -354,6 +447,8 @@ class Trainer:
         self.done = self.done or finetune_done or self.out_of_time
         event = ("fine-tuning done" if finetune_done else "switch to ASGD" if switched else
                  "lr / 4" if lr_cut else "saved" if saved else "")
+        if self.replanned:
+            event = "re-planned" + (f"; {event}" if event else "")
         if self.out_of_time:
             event = "out of time" + (f"; {event}" if event else "")
         self.valid_history.append(valid_loss)
@@ -372,7 +467,7 @@ class Trainer:
         self.metrics.append(row)
         self.epoch += 1
         self.position = None
-        self.resumed = False
+        self.resumed = self.replanned = False
         return row
 
     # The training state ----------------------------------------------------------------------
@@ -404,12 +499,19 @@ class Trainer:
 
     def spare_copy(self):
         """A throwaway copy of the model (its LSTM weights packed for cuDNN, as the trained
-        one's are), with its objective (wrapped as under torchrun) and a fresh optimizer: what
-        budget.measure times steps on, leaving the run untouched."""
+        one's are), a fresh optimizer for it, and its training step, `step(inputs, targets,
+        hidden) -> (loss, hidden)` (through its objective, wrapped as under torchrun, at
+        the run's lr): what budget.measure times, leaving the run untouched."""
         model = pack_lstm_weights(copy.deepcopy(self.model)).train()
         objective = self.group.wrap(Objective(model, self.s["alpha"], self.s["beta"]),
                                     find_unused_parameters=model.adaptive)
-        return model, objective, make_optimizer(self.s, model.parameters())
+        optimizer = make_optimizer(self.s, model.parameters())
+
+        def step(inputs, targets, hidden):
+            return train_step(objective, optimizer, inputs, targets, hidden, self.s["lr"],
+                              self.s["clip"], self.s["precision"])
+
+        return model, optimizer, step
 
     @property
     def n_parameters(self):

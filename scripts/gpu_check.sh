@@ -4,27 +4,37 @@
 #   bash scripts/gpu_check.sh OUT            # on one GPU: at most 9 minutes in all
 #   bash scripts/gpu_check.sh --smoke OUT    # the same steps on the CPU at tiny shapes
 #
-# Each step runs under its own time cap (and none past the 9 minutes), a failing step
-# does not stop the next, and OUT receives at most 8 files:
-#   summary.txt    one line per step (ok, failed or timed out; seconds) and its figures
-#   command.txt    this command, the date, the commit
-#   env.txt        GPU, driver, torch, CUDA and cuDNN versions
-#   precision.txt  150 full-size AWD-LSTM steps at each --precision: tokens/s, train
-#                  perplexity, the dtype the LSTMs computed in, cuDNN re-packs per step
+# Each step runs under its own time cap, sized from its estimated cost with a margin
+# (docs/gpu-check.md has the table), none past the 9 minutes; a failing step does not stop
+# the next, and every step prints its figures as they come, so that one cut short still
+# says what it measured. The budget run gets the time the other steps leave. OUT receives
+# at most 8 files (scripts/gpu_report.py writes the summary):
+#   summary.txt    the command, date, commit and versions, then one line per step (ok,
+#                  failed or timed out; seconds) with its figures
+#   env.txt        nvidia-smi and the versions, as printed
+#   precision.txt  100 full-size AWD-LSTM steps at each --precision: tokens/s, train
+#                  perplexity, the LSTMs' dtype and kernels, cuDNN re-packs per step
 #   bench.txt      bench.py's table
-#   recipe.csv     the metrics of a 6-minute budget run of --recipe 1cycle
-#   recipe.json    its summary, test perplexity included
-#   logs.tar.gz    every step's log, the test report (junit.xml), the samples
+#   recipe.csv, recipe.json, recipe.png   the --recipe 1cycle budget run: its metrics,
+#                  its summary (test perplexity included) and its learning curve
+#   logs.tar.gz    every step's log, the cuda tests' report (junit.xml)
 # The steps: versions; the precisions; bench.py; then, side by side, the budget run on the
-# GPU and the whole test suite (unmarked tests on the CPU, `cuda` ones on the GPU, the
-# baseline's stop-and-resume exactness among them); then evaluate.py with the cache and
-# with dynamic evaluation on a bounded slice of the test split, and generate.py.
+# GPU at the fastest precision that trained like fp32, and the `cuda`-marked tests (CI runs
+# the others); then evaluate.py with the cache and with dynamic evaluation on a bounded
+# slice of the test split, generate.py, and the learning curve.
+#
+# Python is ${PYTHON:-python3}: the GPU image has python3 and no `python`.
 cd "$(dirname "$0")/.."
 
 smoke=false
 if [ "${1:-}" = "--smoke" ]; then smoke=true; shift; fi
 if [ $# -ne 1 ]; then
     echo "usage: bash scripts/gpu_check.sh [--smoke] OUT_DIRECTORY" >&2
+    exit 2
+fi
+PYTHON=${PYTHON:-python3}
+if ! command -v "$PYTHON" >/dev/null; then
+    echo "error: no $PYTHON on PATH; give the interpreter as PYTHON=..." >&2
     exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "error: cannot create $1" >&2; exit 2; }
@@ -35,9 +45,10 @@ trap 'rm -rf "$work"' EXIT
 started=$(date +%s)
 deadline=$((started + 540))  # 9 minutes
 export PYTHONUNBUFFERED=1
-echo "$0 $* (smoke: $smoke)" >"$out/command.txt"
-echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); commit: $(git rev-parse HEAD 2>/dev/null)" \
-    >>"$out/command.txt"
+{
+    echo "command: $0 $* (smoke: $smoke; python: $(command -v "$PYTHON"))"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); commit: $(git rev-parse HEAD 2>/dev/null)"
+} >"$logs/command.txt"
 
 # step NAME CAP COMMAND...: run COMMAND into $logs/NAME.log under min(CAP, time left);
 # append "NAME | status | milliseconds" to $logs/steps.txt.
@@ -62,10 +73,12 @@ step() {
     echo "$name | $status | $((($(date +%s%N) - t0) / 1000000))" >>"$logs/steps.txt"
 }
 
+# Caps in seconds (docs/gpu-check.md: each against its estimated cost). A Python process
+# that imports torch on the GPU and reads WikiText-2 takes about 10 s before its work.
 if $smoke; then  # tiny shapes on the CPU, on a small corpus made here
     device=cpu
     precisions="torch bf16"  # (fp32 computes as torch on the CPU; tf32 is a GPU format)
-    python - "$work/corpus" <<'EOF'
+    "$PYTHON" - "$work/corpus" <<'EOF'
 import os, random, sys
 random.seed(0)
 words = [f"w{i}" for i in range(60)]
@@ -77,106 +90,77 @@ EOF
     data=(--data "$work/corpus")
     shapes=(--awd-emsize 16 --awd-nhid 24 --awd-batch-size 4 --awd-bptt 10
             --lstm-emsize 16 --lstm-nhid 16 --lstm-batch-size 4 --lstm-bptt 10)
-    precision_steps=(--configs a "${shapes[@]}" --steps 5 --warmup 1 --repeats 1)
+    precision_steps=(--configs a "${shapes[@]}" --steps 30 --warmup 1 --repeats 1)
     bench=(--configs abcde "${shapes[@]}" --steps 3 --warmup 1 --repeats 1 --cutoffs 2000)
-    recipe=(--emsize 16 --nhid 24 --batch_size 4 --bptt 10 --budget-minutes 0.1)
-    tests=(tests/test_util.py
-           "tests/test_train.py::test_the_baseline_resumes_mid_epoch_with_the_same_dropout")
-    slice=(--max-tokens 300)
-    dyn_stats=2
+    recipe=(--emsize 16 --nhid 24 --batch_size 4 --bptt 10)
+    recipe_most_s=6  # the smoke's budget run: 0.1 minutes
+    tests=(tests/test_cuda.py tests/test_util.py)  # (the cuda ones skip on the CPU)
+    cache_slice=(--max-tokens 300)
+    dynamic_slice=(--max-tokens 300 --dyn-stat-batches 2)
 else
     device=cuda
     precisions="fp32 torch tf32 bf16"
     data=()
-    shapes=()
-    precision_steps=(--configs a --full --steps 150 --warmup 3 --repeats 1)
-    bench=()
-    recipe=(--budget-minutes 6)
-    tests=()
-    slice=(--max-tokens 50000)
-    dyn_stats=100
+    precision_steps=(--configs a --full --steps 100 --warmup 5 --repeats 1)
+    bench=(--steps 30 --warmup 3 --repeats 1)
+    recipe=()
+    recipe_most_s=600
+    tests=(-m cuda)
+    cache_slice=(--max-tokens 50000)
+    dynamic_slice=(--max-tokens 20000 --dyn-stat-batches 100)
 fi
+cap_env=20 cap_precision=35 cap_bench=60 cap_cache=30 cap_dynamic=50 cap_generate=20
+cap_plot=15 finishing=10  # (the summary and the archive)
 
-step env 10 bash -c "nvidia-smi || echo 'nvidia-smi: none'; python -c '
-import torch
-print(\"torch\", torch.__version__, \"| CUDA\", torch.version.cuda, \"| cuDNN\",
-      torch.backends.cudnn.version(), \"| GPU\",
-      torch.cuda.get_device_name() if torch.cuda.is_available() else \"none\")'"
+step env "$cap_env" bash -c "nvidia-smi || echo 'nvidia-smi: none'; \"$PYTHON\" -c '
+import platform, torch
+print(\"python\", platform.python_version(), \"| torch\", torch.__version__, \"| CUDA\",
+      torch.version.cuda, \"| cuDNN\", torch.backends.cudnn.version())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(\"GPU\", p.name, \"| compute capability\", f\"{p.major}.{p.minor}\", \"| memory\",
+          f\"{p.total_memory / 2**30:.0f} GiB\", \"| bf16\", torch.cuda.is_bf16_supported())
+else:
+    print(\"GPU none\")'; nvidia-smi --query-gpu=driver_version --format=csv,noheader \
+    | sed 's/^/driver /' || true"
 for precision in $precisions; do
-    step "precision-$precision" 15 python bench.py --device "$device" --precision "$precision" \
-        "${precision_steps[@]}"
+    step "precision-$precision" "$cap_precision" "$PYTHON" bench.py --device "$device" \
+        --precision "$precision" "${data[@]}" "${precision_steps[@]}"
 done
-step bench 38 python bench.py --device "$device" "${bench[@]}"
+step bench "$cap_bench" "$PYTHON" bench.py --device "$device" "${data[@]}" "${bench[@]}"
 
-# Side by side: the budget run (GPU) and the test suite (the CPU, but for `cuda` tests).
-step recipe 372 python train.py --recipe 1cycle --device "$device" "${data[@]}" \
-    "${recipe[@]}" --save "$work/recipe.pt" &
-step tests 360 python -m pytest -q -p no:cacheprovider --junitxml="$logs/junit.xml" \
-    "${tests[@]}" &
+# Side by side: the budget run (GPU) and the cuda tests. The run gets the time left but for
+# the steps after it and its own start-up (30 s: import, the corpus, the process's end);
+# it trains at the fastest precision whose steps matched fp32's (gpu_report.py choose).
+recipe_precision=$("$PYTHON" scripts/gpu_report.py choose "$logs" 2>>"$logs/choose.log")
+[ -n "$recipe_precision" ] || recipe_precision=torch  # (should the choice itself fail)
+after=$((cap_cache + cap_dynamic + cap_generate + cap_plot + finishing))
+recipe_cap=$((deadline - $(date +%s) - after - 5))
+budget_s=$((recipe_cap - 30 < recipe_most_s ? recipe_cap - 30 : recipe_most_s))
+if [ "$budget_s" -lt 6 ]; then budget_s=6; fi
+echo "a budget of $budget_s s, under a cap of $recipe_cap s" >>"$logs/choose.log"
+step recipe "$recipe_cap" "$PYTHON" train.py --recipe 1cycle --device "$device" "${data[@]}" \
+    "${recipe[@]}" --precision "$recipe_precision" \
+    --budget-minutes "$("$PYTHON" -c "print($budget_s / 60)")" --save "$work/recipe.pt" &
+step tests "$recipe_cap" "$PYTHON" -m pytest -v -p no:cacheprovider \
+    --junitxml="$logs/junit.xml" "${tests[@]}" &
 wait
 
-step evaluate-cache 20 python evaluate.py --checkpoint "$work/recipe.pt" --device "$device" \
-    --cache "${slice[@]}"
-step evaluate-dynamic 20 python evaluate.py --checkpoint "$work/recipe.pt" \
-    --device "$device" --dynamic --dyn-stat-batches "$dyn_stats" "${slice[@]}"
-step generate 10 python generate.py --checkpoint "$work/recipe.pt" --device "$device" \
-    --prompt "The castle was built in" --words 60 --temperature 0.8
+step evaluate-cache "$cap_cache" "$PYTHON" evaluate.py --checkpoint "$work/recipe.pt" \
+    --device "$device" --cache "${cache_slice[@]}"
+step evaluate-dynamic "$cap_dynamic" "$PYTHON" evaluate.py --checkpoint "$work/recipe.pt" \
+    --device "$device" --dynamic "${dynamic_slice[@]}"
+step generate "$cap_generate" "$PYTHON" generate.py --checkpoint "$work/recipe.pt" \
+    --device "$device" --prompt "The castle was built in" --words 60 --temperature 0.8
+step plot "$cap_plot" "$PYTHON" plot.py "$work/recipe.csv" -o "$work/recipe.png"
 
 # The files back: at most 8, everything else in logs.tar.gz.
 cp "$logs/env.log" "$out/env.txt" 2>/dev/null
 for precision in $precisions; do cat "$logs/precision-$precision.log"; done \
     >"$out/precision.txt" 2>/dev/null
 cp "$logs/bench.log" "$out/bench.txt" 2>/dev/null
-cp "$work/recipe.csv" "$out/recipe.csv" 2>/dev/null
-cp "$work/recipe.json" "$out/recipe.json" 2>/dev/null
-python - "$logs" "$out" "$smoke" <<'EOF'
-import glob, json, os, re, sys
-import xml.etree.ElementTree as ET
-logs, out, smoke = sys.argv[1], sys.argv[2], sys.argv[3] == "true"
-lines = [f"gpu_check.sh{' --smoke' if smoke else ''}: a line per step (name, status, time, "
-         "warnings), its figures indented"]
-
-
-def read(name):
-    path = os.path.join(logs, name)
-    return open(path, errors="replace").read() if os.path.exists(path) else ""
-
-
-for row in read("steps.txt").splitlines():
-    name, status, seconds = (part.strip() for part in row.split("|"))
-    figures = ""
-    log = read(f"{name}.log")
-    if name.startswith("precision-") or name == "bench":  # bench.py's rows
-        rows = [l for l in log.splitlines() if re.match(r"\([a-f]\) ", l)]
-        figures = "\n    " + "\n    ".join(rows) if rows else ""
-    elif name == "recipe":
-        plan = [l for l in log.splitlines() if l.startswith(("plan:", "schedule 1cycle"))]
-        best = [l for l in log.splitlines() if l.startswith("best model")]
-        figures = "\n    " + "\n    ".join(plan + best) if plan + best else ""
-    elif name.startswith("evaluate"):
-        rows = [l for l in log.splitlines() if " ppl " in l]
-        figures = "\n    " + "\n    ".join(rows) if rows else ""
-    elif name == "generate":
-        figures = "\n    " + " ".join(log.split())[:200]
-    elif name == "tests" and os.path.exists(os.path.join(logs, "junit.xml")):
-        cases = ET.parse(os.path.join(logs, "junit.xml")).getroot().iter("testcase")
-        outcome = {}
-        for case in cases:
-            kind = ("failed" if case.find("failure") is not None or case.find("error")
-                    is not None else "skipped" if case.find("skipped") is not None else "passed")
-            outcome[f"{case.get('classname')}.{case.get('name')}"] = kind
-        for label, keep in (("all", lambda n: True), ("cuda-marked (tests/test_cuda.py and "
-                                                      "[cuda] cases)", lambda n: "cuda" in n)):
-            chosen = [k for n, k in outcome.items() if keep(n)]
-            counts = {k: chosen.count(k) for k in ("passed", "failed", "skipped")}
-            figures += f"\n    {label}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-        figures += "".join(f"\n    {n}: {k}" for n, k in outcome.items()
-                           if "baseline_resumes" in n or k == "failed")
-    warnings = sum(1 for l in log.splitlines() if "Warning" in l or "warning:" in l)
-    lines.append(f"{name} | {status} | {int(seconds) / 1000:.1f} s | {warnings} warning lines"
-                 + figures)
-open(os.path.join(out, "summary.txt"), "w").write("\n".join(lines) + "\n")
-EOF
+for kind in csv json png; do cp "$work/recipe.$kind" "$out/recipe.$kind" 2>/dev/null; done
+"$PYTHON" scripts/gpu_report.py summary "$logs" "$work/recipe.csv" >"$out/summary.txt"
 tar -czf "$out/logs.tar.gz" -C "$work" logs
 cat "$out/summary.txt"
 echo "gpu_check.sh: $(($(date +%s) - started)) s; files in $out: $(ls "$out" | wc -l)"

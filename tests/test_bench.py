@@ -36,13 +36,14 @@ def test_bench_prints_every_configuration_with_positive_figures(capsys):
     bench.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--repeats", "1",
                 "--configs", "abcdef"] + tiny)
     out = capsys.readouterr().out
-    for label in "abcdef":  # params, ms/step, tokens/s, train ppl, LSTM dtype, re-packs, MiB
+    for label in "abcdef":  # params, ms/step, tokens/s, train ppl, LSTM dtype, kernels,
         row = re.search(rf"^\({label}\) .*?\s([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)\s+"
-                        r"(\w+)\s+(\d+)\s+([\d,]+) MiB$", out, re.M)
+                        r"(\w+)\s+(\w+)\s+(\d+)\s+([\d,]+) MiB$", out, re.M)  # re-packs, MiB
         assert row, label
         assert float(row.group(2)) > 0 and int(row.group(3).replace(",", "")) > 0
         assert float(row.group(4)) > 1 and row.group(5) == "float32"
-        assert row.group(6) == "0"  # no cuDNN on the CPU: no re-packs
+        assert row.group(6) in ("onednn", "native")  # no cuDNN on the CPU
+        assert row.group(7) == "0"  # and so no re-packs
     for ratio in ("a/b", "c/d", "e/f"):
         assert re.search(rf"^{ratio} .*\s\d+\.\d{{3}}$", out, re.M), ratio
     # (e) and (f) have WikiText-103's vocabulary: the full softmax's 267,735 x 16 decoder
@@ -50,6 +51,24 @@ def test_bench_prints_every_configuration_with_positive_figures(capsys):
     params = {label: int(re.search(rf"^\({label}\) .*?\s([\d,]+)\s+[\d.]+\s", out,
                                    re.M).group(1).replace(",", "")) for label in "aef"}
     assert params["e"] > params["a"] and params["f"] - params["e"] > 3_000_000
+
+
+def test_figures_come_as_they_are_measured_so_that_a_run_cut_short_still_says_them(capsys):
+    every, steps = bench.PROGRESS_EVERY, 2 * bench.PROGRESS_EVERY + 1
+    bench.main(["--device", "cpu", "--steps", str(steps), "--warmup", "0", "--repeats", "2",
+                "--configs", "a", "--awd-emsize", "8", "--awd-nhid", "8", "--awd-batch-size",
+                "2", "--awd-bptt", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    table = next(i for i, line in enumerate(lines) if line.startswith("configuration"))
+    before = [line for line in lines[:table] if line.startswith("(a) ")]
+    assert [line.split(":")[0] for line in before] == [
+        f"(a) {r}/2" + part for r in (1, 2) for part in (
+            f", after {every} of {steps} timed steps", f", after {2 * every} of {steps} "
+            "timed steps", "")]
+    assert all(re.search(r": [\d.]+ ms/step, [\d,]+ tokens/s, train ppl [\d,.]+", line)
+               for line in before)
+    assert before[2].endswith("LSTMs in float32 on onednn kernels, 0 re-packs") or \
+        before[2].endswith("LSTMs in float32 on native kernels, 0 re-packs")
 
 
 def test_counts_below_one_are_one_clean_error_line():

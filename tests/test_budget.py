@@ -15,7 +15,7 @@ import trainer as trainer_module
 from data import Corpus
 from settings import defaults
 
-SPEED = dict(step_s=0.1, valid_s=2.0, test_s=5.0, save_s=0.5)
+SPEED = dict(step_s=0.1, valid_s=2.0, test_s=5.0, save_s=0.5, save_bytes=3 * 2**20)
 
 
 def test_the_plan_fits_whole_epochs_after_the_test_and_a_margin():
@@ -126,17 +126,108 @@ def test_a_onecycle_run_stopped_mid_epoch_resumes_exactly(repeating, tmp_path, m
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
 
 
-def test_a_budget_stretches_the_1cycle_phases_over_the_planned_steps(repeating, tmp_path, capsys,
-                                                                     tiny):
-    train.main(tiny["awd"] + ["--data", repeating, "--recipe", "1cycle", "--budget-minutes",
-                              "0.1", "--batch_size", "4", "--save", str(tmp_path / "b.pt")])
+def test_a_budget_shrinks_the_1cycle_phases_and_a_run_that_falls_behind_still_anneals(
+        repeating, tmp_path, capsys, monkeypatch, tiny):
+    """From a third of the plan on every step takes three times as long as it would (a
+    busy GPU, a slower machine than measured): the plan is re-fitted so that the 1cycle
+    schedule, which averages nothing, still reaches its end before the deadline."""
+    original, marks = trainer_module.Trainer.after_step, []
+
+    def three_times_slower(self):
+        now = time.perf_counter()
+        if marks and self.steps >= self.plan["total_steps"] // 3:
+            time.sleep(2 * (now - marks[-1]))  # twice the step's own time again
+        result = original(self)
+        marks.append(time.perf_counter())
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "after_step", three_times_slower)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (two threads on a CI machine whose other core is busy wait on
+    try:  # each other far longer than any slowdown a test can reason about)
+        train.main(tiny["awd"] + ["--data", repeating, "--recipe", "1cycle", "--budget-minutes",
+                                  "0.1", "--batch_size", "4", "--no-variable-bptt",
+                                  "--save", str(tmp_path / "b.pt")])
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     state = checkpoint.load(str(tmp_path / "b.state.pt"), kind="state")
-    total = state["plan"]["total_steps"]
-    assert state["plan"]["epochs"] < 90  # the recipe's 90 epochs did not fit: fewer, whole
-    assert f"schedule 1cycle over {total:,} steps" in out
-    assert state["scheduler"]["total_steps"] == total  # its phases span the planned steps
+    first_planned = state["scheduler"]["total_steps"]  # its phases span the first plan
+    assert f"schedule 1cycle over {first_planned:,} steps" in out
+    assert first_planned < 90 * state["plan"]["batches_per_epoch"]  # 90 epochs did not fit
+    assert state["scheduler"]["last_epoch"] == first_planned - 1  # annealed: the cycle's end
+    assert "behind the plan" in out and state["plan"]["total_steps"] < first_planned
+    rows = csv_rows(tmp_path / "b.csv")
+    assert any("re-planned" in r["event"] for r in rows)
     assert state["averaged"] is None and json.load(open(tmp_path / "b.json"))["test_ppl"]
+
+
+def test_a_resume_that_lowers_the_epochs_of_a_1cycle_run_ends_it_annealed(repeating, tmp_path,
+                                                                          monkeypatch, tiny):
+    common = tiny["awd"] + ["--data", repeating, "--recipe", "1cycle", "--batch_size", "4",
+                            "--epochs", "6", "--no-variable-bptt"]
+    original = trainer_module.Trainer.train_epoch
+
+    def stop_in_epoch_two(self, stop, *args, **kwargs):
+        if self.epoch == 1:
+            stop.requested = True  # as Ctrl-C: one more batch, then the state is saved
+        return original(self, stop, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop_in_epoch_two)
+    train.main(common + ["--save", str(tmp_path / "c.pt")])
+    monkeypatch.undo()
+    train.main(["--resume", str(tmp_path / "c.state.pt"), "--epochs", "3"])
+    state = checkpoint.load(str(tmp_path / "c.state.pt"), kind="state")
+    plan, first_planned = state["plan"], state["scheduler"]["total_steps"]  # (6 epochs')
+    assert state["epoch"] == plan["epochs"] == 3
+    assert plan["total_steps"] == 3 * plan["batches_per_epoch"] == first_planned // 2
+    assert state["scheduler"]["last_epoch"] == first_planned - 1  # the schedule's end
+    assert float(csv_rows(tmp_path / "c.csv")[-1]["lr"]) < 0.005 / 100
+
+
+def test_a_refit_keeps_whole_epochs_and_spreads_the_rest_of_the_schedule():
+    p = budget.fixed_plan(10, 100, 0.75, budget_s=600.0, train_deadline_s=500.0,
+                          step_s=0.1, epoch_end_s=2.0)
+    # 250 steps into epoch 3 (index 2, 50 done): 750 planned steps left (75 s) and 7 more
+    # epoch ends (14 s). In 40.05 s: the 50 left of this epoch (5 s) and its end (2 s), two
+    # epochs of 100 steps with theirs (24 s), and a last of 90 (9 s).
+    assert budget.steps_left(p, 2, 50) == 750
+    fit = budget.steps_that_fit(p, 2, 50, 40.05, 0.1)
+    assert fit == 50 + 100 + 100 + 90
+    new = budget.reshape(p, 250, 2, 50, fit, average_start=0.75)
+    assert (new["epochs"], new["last_epoch_batches"], new["total_steps"]) == (6, 90, 590)
+    assert new["average_from"] == math.floor(0.75 * 590)
+    assert new["schedule_steps"] == 1000 and new["schedule_anchor"] == [250, 250]
+    positions = [budget.schedule_position(new, step) for step in range(250, 591)]
+    assert positions[0] == 250 and positions[-1] == 1000  # the schedule's end, on time
+    assert all(2 <= b - a <= 3 for a, b in zip(positions, positions[1:]))  # evenly spread
+    # a second re-fit (100 steps into epoch 5) goes on from where the schedule stands
+    again = budget.reshape(new, 450, 4, 0, 40, average_start=0.75)
+    assert again["schedule_anchor"] == [450, budget.schedule_position(new, 450)]
+    assert again["epochs"] == 5 and budget.schedule_position(again, 490) == 1000
+    # a plan with time to spare is left as it is
+    assert budget.steps_that_fit(p, 2, 50, 1000.0, 0.1) == budget.steps_left(p, 2, 50)
+
+
+def test_the_checkpoint_writes_are_measured_at_the_size_of_the_states_to_come(repeating,
+                                                                             tmp_path):
+    """Adam keeps two moments per weight, which an optimizer that has taken no step lacks;
+    a run that averages keeps a second copy of the weights; the model file is written too."""
+    written = {}
+    for optimizer, schedule in (("sgd", "anneal"), ("adam", "anneal"), ("adam", "onecycle")):
+        settings = {**defaults("awd"), "emsize": 8, "nhid": 12, "batch_size": 4, "bptt": 10,
+                    "model": "awd", "finetune": None, "save": str(tmp_path / "m.pt"),
+                    "optimizer": optimizer, "schedule": schedule}
+        trainer = trainer_module.Trainer(settings, Corpus(repeating), torch.device("cpu"))
+        speed = budget.measure(trainer, warmup=1, steps=2)
+        written[optimizer, schedule] = speed["save_bytes"]
+        weights = budget.tensor_bytes(trainer.model.state_dict())
+    parameters = len(list(trainer.model.parameters()))
+    assert written["sgd", "anneal"] >= 2 * weights  # the state, and the model file
+    moments = written["adam", "anneal"] - written["sgd", "anneal"]  # (and a step count each)
+    assert 2 * weights <= moments <= 2 * weights + 8 * parameters + 512  # (+ zip records)
+    average = written["adam", "onecycle"] - written["adam", "anneal"]  # (and its count)
+    assert weights <= average <= weights + 512
 
 
 def test_the_plan_of_one_epoch_says_its_steps_once():

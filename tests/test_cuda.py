@@ -1,7 +1,7 @@
 """The CUDA path of training (skipped without a GPU; run with python -m pytest -m cuda):
-bf16 follows fp32 and runs the LSTMs in bfloat16, no step re-packs cuDNN's weights, resume
-on CUDA, the random state of the run's own GPU (the baseline's exact resume on CUDA is in
-test_train.py)."""
+bf16 follows fp32 and runs the LSTMs in bfloat16 on cuDNN, no step re-packs cuDNN's
+weights, resume on CUDA, the random state of the run's own GPU (the baseline's exact resume
+on CUDA is in test_train.py)."""
 
 import itertools
 import warnings
@@ -14,8 +14,9 @@ import budget
 import checkpoint
 import runlog
 import train
-from bench import CudnnRepacks
+from bench import LSTMKernels
 from data import Corpus, batchify, windows
+from devices import check_bf16, set_precision
 from model import build_model, model_config
 from settings import DEFAULT_DATA, defaults
 from trainer import Objective, train_step
@@ -77,7 +78,9 @@ def test_resume_on_cuda_matches_never_stopping(corpus, tmp_path, gpu_tiny):
 
 def full_size_awd_steps(steps, precision, s=defaults("awd")):
     """`steps` training steps of the paper's AWD-LSTM on WikiText-2 on the GPU: the losses,
-    the dtypes the last LSTM layer computed in, and the cuDNN re-packs counted in them."""
+    the dtypes the last LSTM layer computed in, and what LSTMKernels saw of them (the
+    kernels that ran the LSTMs, the cuDNN re-packs)."""
+    set_precision(precision, torch.device("cuda"))
     corpus = Corpus(DEFAULT_DATA)
     torch.manual_seed(0)
     config = model_config(dict(s, model="awd"), len(corpus.dictionary))
@@ -87,35 +90,48 @@ def full_size_awd_steps(steps, precision, s=defaults("awd")):
     data = batchify(corpus.train, s["batch_size"]).cuda()
     hidden, losses, dtypes = model.init_hidden(s["batch_size"]), [], set()
     model.rnns[-1].register_forward_hook(lambda m, args, out: dtypes.add(out[0].dtype))
-    with CudnnRepacks() as repacks:
+    with LSTMKernels() as kernels:
         for _, inputs, targets in itertools.islice(windows(data, s["bptt"]), steps):
             loss, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["lr"],
                                       s["clip"], precision)
             losses.append(loss)
-    return torch.stack(losses), dtypes, repacks.count
+    set_precision("torch", torch.device("cuda"))
+    return torch.stack(losses), dtypes, kernels
 
 
-def test_under_bf16_the_lstms_run_in_bfloat16_for_200_full_size_steps():
-    losses, dtypes, _ = full_size_awd_steps(200, "bf16")
-    assert dtypes == {torch.bfloat16}
+def test_under_bf16_the_lstms_run_in_bfloat16_on_cudnn_for_200_full_size_steps():
+    """torch >= 2.10 sends bfloat16 LSTMs to cuDNN (>= 9.13, compute capability >= 8); an
+    older one runs them on its own kernels, which this would show as "native"."""
+    losses, dtypes, kernels = full_size_awd_steps(200, "bf16")
+    assert dtypes == {torch.bfloat16} and kernels.path == "cudnn"
     assert torch.isfinite(losses).all() and losses[-20:].mean() < losses[:20].mean()
+
+
+def test_the_bf16_probe_passes_at_the_full_models_shapes():
+    model = build_model(dict(model="awd", ntoken=100, emsize=400, nhid=1150, nlayers=3)).cuda()
+    set_precision("bf16", torch.device("cuda"))
+    check_bf16(torch.device("cuda"), model, 80)  # the standard algorithm, not small-hidden
+    set_precision("torch", torch.device("cuda"))
 
 
 @pytest.mark.parametrize("precision", ["torch", "bf16"])
 def test_no_training_step_repacks_the_lstm_weights(precision):
     """Weight drop once swapped a dropped matrix into nn.LSTM, which re-packed cuDNN's flat
     buffer at every call; now the weights reach cuDNN in its layout, with no copy."""
-    _, _, repacks = full_size_awd_steps(5, precision)
-    assert repacks == 0
+    _, _, kernels = full_size_awd_steps(5, precision)
+    assert kernels.repacks == 0 and kernels.path == "cudnn"
 
 
 def test_the_budgets_speed_is_measured_on_packed_weights(corpus, tmp_path):
+    """The copy the budget times is packed once, by design (a deep copy loses cuDNN's
+    layout); the steps it times then re-pack nothing, like the run's own."""
     settings = {**defaults("lstm"), "emsize": 32, "nhid": 32, "batch_size": 8,
                 "bptt": 16, "model": "lstm", "finetune": None, "save": str(tmp_path / "m.pt")}
     trainer = train.Trainer(settings, Corpus(corpus), torch.device("cuda"))
-    with CudnnRepacks() as repacks:
-        budget.measure(trainer)
-    assert repacks.count == 0
+    model, _, step = trainer.spare_copy()
+    with LSTMKernels() as kernels:
+        budget.step_seconds(step, model, trainer.train_data, settings["bptt"], 2, 5)
+    assert kernels.repacks == 0 and kernels.path == "cudnn"
 
 
 def test_a_state_holds_the_random_state_of_its_own_gpu_only(corpus, tmp_path, gpu_tiny):

@@ -43,31 +43,70 @@ def test_tf32_on_the_cpu_says_why_not():
 
 def test_bf16_on_the_cpu_trains_or_says_why_not():
     """Whether a CPU runs bf16 LSTMs depends on it (oneDNN needs bf16 instructions)."""
-    try:
-        set_precision("bf16", torch.device("cpu"))
-    except SettingsError as e:
-        assert "--precision bf16" in str(e) and "use --precision fp32" in str(e)
-        return
     torch.manual_seed(0)
     model = build_model(dict(model="awd", ntoken=20, emsize=8, nhid=8, nlayers=2))
+    set_precision("bf16", torch.device("cpu"))
+    try:
+        devices.check_bf16(torch.device("cpu"), model, 2)
+    except SettingsError as e:
+        assert "--precision bf16" in str(e) and "use --precision torch" in str(e)
+        return
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     s = defaults("awd")
     tokens = torch.randint(0, 20, (6, 2))
     loss, _ = train_step(Objective(model, s["alpha"], s["beta"]), optimizer, tokens, tokens,
                          model.init_hidden(2), 1.0, s["clip"], "bf16")
     assert torch.isfinite(loss) and next(model.parameters()).dtype == torch.float32
+    set_precision("torch", torch.device("cpu"))
+
+
+def test_the_bf16_probe_runs_each_lstm_shape_of_the_model_and_leaves_the_generator(
+        monkeypatch):
+    """cuDNN picks its algorithm by an LSTM's width (tiny ones take a small-hidden one), so
+    the probe runs the model's own shapes, not a tiny stand-in."""
+    model = build_model(dict(model="awd", ntoken=20, emsize=8, nhid=40, nlayers=3))
+    probed, original = [], devices.LSTMLayer.forward
+
+    def record(layer, x, hidden):
+        probed.append((layer.lstm.input_size, layer.lstm.hidden_size, x.size(1)))
+        return original(layer, x, hidden)
+
+    monkeypatch.setattr(devices.LSTMLayer, "forward", record)
+    rng = torch.get_rng_state()
+    try:
+        devices.check_bf16(torch.device("cpu"), model, 5)
+    except SettingsError:
+        pytest.skip("this CPU runs no bfloat16 LSTM")
+    assert sorted(probed) == [(8, 40, 5), (40, 8, 5), (40, 40, 5)]
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 @pytest.mark.parametrize("precision, math", [
     ("fp32", ("ieee", "ieee")),  # TF32 off where PyTorch leaves it on
     ("torch", ("ieee", "tf32")),  # PyTorch's own defaults, restored
-    ("bf16", ("ieee", "ieee")),  # its float32 parts
+    ("bf16", ("ieee", "tf32")),  # cuDNN's bf16 LSTMs on tensor cores, not FMA math
 ])
 def test_each_precision_sets_the_float32_math_of_matmuls_and_lstms(precision, math):
     other = "tf32" if math[1] == "ieee" else "fp32"
     set_precision(other, torch.device("cpu"), training=False)
     set_precision(precision, torch.device("cpu"))
     assert float32_math() == math
+    set_precision("torch", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "torch", "tf32", "bf16"])
+def test_every_precision_leaves_torchs_own_tf32_getters_working(precision):
+    """torch >= 2.9 keeps per-operator flags beside the older switches; one of them set
+    alone (cuDNN's RNN flag, say, with its conv flag left at "tf32") makes torch's own
+    getters raise, and any library that reads them fails."""
+    set_precision(precision, torch.device("cpu"), training=False)
+    lstm_tf32 = precision != "fp32"
+    assert torch.backends.cudnn.allow_tf32 == lstm_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == (precision == "tf32")
+    assert torch.get_float32_matmul_precision() == ("high" if precision == "tf32" else "highest")
+    if hasattr(torch.backends.cudnn, "rnn"):  # torch >= 2.9: the per-operator flags agree
+        assert (torch.backends.cudnn.rnn.fp32_precision == "tf32") == lstm_tf32
+        assert (torch.backends.cudnn.conv.fp32_precision == "tf32") == lstm_tf32
     set_precision("torch", torch.device("cpu"))
 
 

@@ -259,6 +259,18 @@ def test_dynamic_evaluation_says_how_long_it_will_take(awd, capsys):
     assert "dynamic: 30 windows, about" in err  # 150 tokens at batch 1, segments of 5
 
 
+def test_dynamic_evaluation_in_a_log_says_how_far_it_got_as_it_goes(awd, capsys, monkeypatch):
+    """A log gets no progress bar; a pass cut short (a time cap) still leaves its figures."""
+    monkeypatch.setattr(evaluate, "PARTIAL_EVERY", 10)
+    evaluate.main(["--checkpoint", awd["path"], "--dynamic", "--dyn-stat-batches", "2",
+                   "--dyn-stat-batch-size", "4", "--max-tokens", "151"])
+    partial = [line for line in capsys.readouterr().err.splitlines()
+               if line.startswith("dynamic: ") and "segments, ppl so far" in line]
+    assert [line.split(",")[0] for line in partial] == [
+        "dynamic: 10 of 30 segments", "dynamic: 20 of 30 segments"]
+    assert all(float(line.rsplit(" ", 1)[1]) > 1 for line in partial)
+
+
 def test_tuning_on_valid_warns_when_the_valid_split_differs(awd, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()

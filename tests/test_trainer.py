@@ -103,3 +103,18 @@ def test_the_objective_adds_ar_and_tar_to_the_cross_entropy():
     h = out.raw_output  # (in evaluation the dropped output is the raw one)
     by_hand = 2.0 * h.pow(2).mean() + 1.0 * (h[1:] - h[:-1]).pow(2).mean()
     assert torch.isclose(penalty, by_hand) and torch.isclose(loss, model.loss(out, targets))
+
+
+def test_the_pace_is_read_over_the_latest_batches_that_span_the_window():
+    """A budget run judges whether it is behind by its recent pace: over the latest batches
+    that span the window asked for (long early in a run, short near its deadline), never
+    the epoch's first batch alone, and not at all before the window is covered."""
+    sums = trainer_module.EpochSums(checkpoint.Position(hidden=None), trainer_module.SINGLE,
+                                    torch.device("cpu"))
+    sums.ended_at = [0.0, 1.0, 2.0, 3.0, 13.0, 23.0]  # ten times slower from the fifth batch
+    assert sums.seconds_per_batch(15.0) == 10.0  # from 3.0: the slow batches alone
+    assert sums.seconds_per_batch(23.0) == 23.0 / 5  # the whole epoch after its first batch
+    assert sums.seconds_per_batch(0.0) == 10.0  # two batches at least
+    assert sums.seconds_per_batch(24.0) is None  # not that long yet
+    sums.ended_at = [0.0, 1.0]
+    assert sums.seconds_per_batch(0.0) is None
