@@ -307,9 +307,9 @@ class Trainer:
                                                                             self.epoch)
                 if late:
                     self.out_of_time = at_end = True  # a budget: end the epoch here
-                if stopping or self.out_of_time:
+                if stopping or at_end:  # (at_end: also where a re-fitted plan ends it)
                     break
-                if save_due and not at_end:  # (the end of the epoch saves the state anyway)
+                if save_due:  # (the end of the epoch saves the state anyway)
                     self.position = sums.position(row, hidden, group)
                     self.save_state()
                     last_save = time.time()

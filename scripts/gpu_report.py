@@ -85,8 +85,8 @@ def test_outcomes(logs):
                 "failed" if failed else "skipped" if case.find("skipped") is not None
                 else "passed")
         return outcomes
-    for match in re.finditer(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", read(logs, "tests.log"),
-                             re.M):
+    for match in re.finditer(r"^(\S+::.+?) (PASSED|FAILED|SKIPPED|ERROR)\b",
+                             read(logs, "tests.log"), re.M):
         word = match.group(2).lower()
         outcomes[match.group(1)] = "failed" if word == "error" else word
     return outcomes
@@ -143,6 +143,8 @@ def summary(logs, curve_csv):
         warnings = sum(1 for line in log.splitlines() if "Warning" in line or "warning:" in line)
         lines.append(f"{name} | {status} | {seconds:.1f} s | {warnings} warning lines")
         lines += ["    " + line for line in figures(logs, name, curve_csv)]
+        if status != "ok":  # what it said last: the error, or where its cap cut it
+            lines += ["    last: " + line for line in log.strip().splitlines()[-3:]]
     return "\n".join(lines) + "\n"
 
 

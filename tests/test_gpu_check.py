@@ -105,6 +105,7 @@ def test_a_step_cut_short_still_reports_what_it_measured(tmp_path):
     text = gpu_report.summary(logs, str(tmp_path / "no.csv"))
     assert "precision-bf16 | timed out after 35s | 1.0 s" in text
     assert "    (a) 1/1, after 50 of 100 timed steps: 39.0 ms/step" in text  # the latest
-    assert "after 25 of" not in text
+    assert "    (a) 1/1, after 25 of" not in text  # (but among the last lines it printed)
     assert "    1 passed, 1 failed, 1 skipped" in text  # from pytest -v, no junit.xml
     assert "    tests/test_cuda.py::test_b: failed" in text
+    assert "    last: tests/test_train.py::test_c[cuda] SKIPPED (why) [ 30%]" in text

@@ -1,9 +1,12 @@
 """Tests of trainer.py: the step's objective, one epoch of training, what the end of an epoch
 decides, the running average of a run."""
 
+import time
+
 import pytest
 import torch
 
+import budget
 import checkpoint
 import trainer as trainer_module
 from data import Corpus
@@ -118,3 +121,33 @@ def test_the_pace_is_read_over_the_latest_batches_that_span_the_window():
     assert sums.seconds_per_batch(24.0) is None  # not that long yet
     sums.ended_at = [0.0, 1.0]
     assert sums.seconds_per_batch(0.0) is None
+
+
+def test_a_plan_re_fitted_within_an_epoch_ends_the_epoch_there_at_the_cycles_end(
+        repeating, tmp_path, monkeypatch):
+    """Each step takes 100 ms where 1 ms was planned, and the deadline leaves time for about
+    ten of the epoch's 17: the plan is re-fitted once the pace is known, the epoch ends
+    with the re-fitted plan, before the deadline, and the 1cycle schedule at its end."""
+    trainer = tiny_trainer(repeating, tmp_path, schedule="1cycle", optimizer="adam",
+                           lr=0.005, variable_bptt=False)
+    planned = trainer.steps_per_epoch()
+    trainer.set_plan(budget.fixed_plan(1, planned, 0.75, budget_s=60.0, train_deadline_s=0.0,
+                                       step_s=0.001))
+    original = Trainer.after_step
+
+    def slow(self):
+        time.sleep(0.1)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "after_step", slow)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (see test_budget.py: the other core may be busy)
+    try:
+        trainer.deadline = time.time() + 1.0
+        with StopRequest() as stop:
+            trainer.train_epoch(stop, max_batches=None, log_interval=50)
+    finally:
+        torch.set_num_threads(threads)
+    assert planned == 17 and trainer.replanned and not trainer.out_of_time
+    assert trainer.steps == trainer.plan["total_steps"] < planned
+    assert trainer.scheduler.last_epoch == planned - 1
