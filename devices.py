@@ -84,11 +84,11 @@ def set_precision(precision, device, training=True):
     PyTorch has one switch for the math of cuDNN's LSTMs, whatever their dtype: with TF32
     off, its RNN descriptor (aten/src/ATen/cudnn/Descriptors.h) asks cuDNN for FMA math,
     without tensor cores, for every input that is not float16, bfloat16 included. So bf16
-    leaves the switch on, as PyTorch's default does; cuDNN then runs bfloat16 LSTMs on
-    tensor cores (and validation's float32 LSTMs may use TF32, as under torch). The
-    switches are set through PyTorch's older setters, which keep its newer per-operator
-    flags (torch >= 2.9) in step: setting one of those alone leaves torch's own TF32
-    getters raising."""
+    leaves the switch on, as PyTorch's default does; cuDNN's default math then allows
+    tensor cores for bfloat16 LSTMs (and validation's float32 LSTMs may use TF32, as under
+    torch). The switches are set through PyTorch's older setters, which keep its newer
+    per-operator flags (torch >= 2.9) in step: setting one of those alone leaves torch's
+    own TF32 getters raising."""
     if training and precision == "tf32" and device.type != "cuda":
         raise SettingsError("--precision tf32 needs an NVIDIA GPU (TF32 is a tensor-core "
                             "format); on the CPU use --precision fp32")
