@@ -40,6 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import devices
+from budget import synchronize
 from data import Corpus, CorpusError, batchify, windows
 from devices import (PRECISIONS, check_bf16, describe_device, out_of_memory,
                      set_precision)
@@ -174,11 +175,6 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
                 train_loss=torch.stack(losses).float().mean().item(),
                 lstm_dtype=str(dtypes[-1]).replace("torch.", ""), kernels=kernels.path,
                 repacks=kernels.repacks)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def figures(seconds, tokens_per_step, loss):

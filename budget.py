@@ -118,13 +118,13 @@ def tensor_bytes(value, counted=None):
     counted = set() if counted is None else counted
     if isinstance(value, torch.Tensor):
         storage = value.untyped_storage().data_ptr()
-        if storage in counted and value.numel():
+        if storage in counted:
             return 0
         counted.add(storage)
         return value.numel() * value.element_size()
     if isinstance(value, dict):
-        value = value.values()
-    if isinstance(value, (list, tuple, type({}.values()))):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
         return sum(tensor_bytes(v, counted) for v in value)
     return 0
 
