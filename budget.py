@@ -9,7 +9,7 @@ the test and a safety margin, and the step from which the weights are averaged. 
 printed and kept in the training state.
 
 If the run falls behind its plan anyway (a slower machine, a busy GPU), the trainer
-re-fits the rest of it at its next sync point (`steps_that_fit`, `reshape`): fewer steps,
+re-fits the rest of it at its next sync point (`reshape`): the steps its recent pace fits,
 and the rest of the lr schedule spread over them (`schedule_position`), so that a 1cycle
 run still ends annealed and a planned average still starts. A plan only ever shrinks. The
 deadline stays the last resort: there the trainer ends the epoch, so that validation, the
@@ -153,21 +153,19 @@ def plan(budget_s, spent_s, speed, steps_per_epoch, max_epochs, average_start):
     return fixed_plan(epochs, steps_per_epoch if epochs > 1 else last, average_start,
                       budget_s=budget_s, last_epoch_batches=last,
                       train_deadline_s=budget_s - margin - speed["test_s"] - speed["valid_s"]
-                      - speed["save_s"], step_s=speed["step_s"], epoch_end_s=per_epoch)
+                      - speed["save_s"], step_s=speed["step_s"])
 
 
 def fixed_plan(epochs, steps_per_epoch, average_start, budget_s=None, train_deadline_s=None,
-               last_epoch_batches=None, step_s=None, epoch_end_s=0.0):
+               last_epoch_batches=None, step_s=None):
     """The plan of a run without a budget (--schedule onecycle): its epochs as given (the
     last one of `last_epoch_batches` steps when given). A budget's plan also keeps the
-    measured seconds of a step and of an epoch's end (validation and writes), which a
-    re-fit weighs."""
+    measured seconds of a step, which a re-fit compares with the pace it meets."""
     last = steps_per_epoch if last_epoch_batches is None else last_epoch_batches
     total = (epochs - 1) * steps_per_epoch + last
     return dict(epochs=epochs, batches_per_epoch=steps_per_epoch, last_epoch_batches=last,
                 total_steps=total, average_from=math.floor(average_start * total),
-                budget_s=budget_s, train_deadline_s=train_deadline_s, step_s=step_s,
-                epoch_end_s=epoch_end_s)
+                budget_s=budget_s, train_deadline_s=train_deadline_s, step_s=step_s)
 
 
 # --- Keeping to a plan --------------------------------------------------------------------
@@ -191,28 +189,6 @@ def steps_left(p, epoch, batches_done):
     if later < 1:
         return rest
     return rest + (later - 1) * p["batches_per_epoch"] + epoch_batches(p, p["epochs"] - 1)
-
-
-def seconds_for(p, epoch, batches_done, steps, step_s):
-    """Seconds to train `steps` more steps of the plan after `batches_done` of epoch
-    `epoch`, at `step_s` seconds a step, with the end (validation, writes) of each epoch
-    they finish before the last one (whose end is reserved beyond the deadline)."""
-    rest = max(epoch_batches(p, epoch) - batches_done, 0)
-    ends = 0 if steps <= rest else math.ceil((steps - rest) / p["batches_per_epoch"])
-    return steps * step_s + ends * p.get("epoch_end_s", 0.0)
-
-
-def steps_that_fit(p, epoch, batches_done, seconds, step_s):
-    """How many of the plan's steps left after `batches_done` of epoch `epoch` fit in
-    `seconds` of training at `step_s` seconds a step (seconds_for)."""
-    fit, beyond = 0, steps_left(p, epoch, batches_done) + 1  # fit fits, beyond does not
-    while beyond - fit > 1:
-        middle = (fit + beyond) // 2
-        if seconds_for(p, epoch, batches_done, middle, step_s) <= seconds:
-            fit = middle
-        else:
-            beyond = middle
-    return fit
 
 
 def reshape(p, steps_done, epoch, batches_done, steps, average_start):

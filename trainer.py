@@ -34,7 +34,7 @@ from util import listing, plural, ppl, progress_bar
 DIVERGED = 10.0  # nats above a uniform guess at which a run counts as diverged
 SYNC_SECONDS = 5.0  # sync points come at least this often (and every --log-interval batches)
 # Keeping to a budget's deadline: the pace is measured over the latest batches that span a
-# tenth of the time left (long enough early on that the first windows of an epoch, slower
+# tenth of the time left (long enough early on that the first windows of a run, slower
 # while new shapes warm up, cannot shorten a plan by themselves; short near the end, where
 # a slowdown must be seen at once), and a re-fitted plan fills 95% of the time left.
 PACE_WINDOW, REFIT_SHARE = 0.1, 0.95
@@ -89,6 +89,17 @@ def train_step(objective, optimizer, inputs, targets, hidden, lr, clip, precisio
 
 # --- Where an epoch stands ----------------------------------------------------------------
 
+def recent_pace(batch_ends, at_least):
+    """Seconds per batch over the latest of `batch_ends` (when each batch ended, by the wall
+    clock, so that the validations and writes between epochs count too) that span
+    `at_least` seconds and two batches at least; None before the record spans that long."""
+    start = bisect.bisect_right(batch_ends, batch_ends[-1] - at_least) - 1 if batch_ends else -1
+    start = min(start, len(batch_ends) - 3)
+    if start < 0:
+        return None
+    return (batch_ends[-1] - batch_ends[start]) / (len(batch_ends) - 1 - start)
+
+
 class EpochSums:
     """An epoch's running sums as it trains: this process's loss sum (on the device: no
     sync per step) and tokens, those of all processes as of the last sync point, and those
@@ -105,25 +116,12 @@ class EpochSums:
         self.checked = (self.total, self.all_tokens, self.batches)
         self.synced_at = (time.time(), self.batches)  # the last sync point
         self.next_sync = self.batches + 1  # the first batch shows a loss at once
-        self.ended_at = []  # when each batch here ended, from the first (which pays for the
-        #                     epoch's start and so only opens the record of its pace)
         self.pace = self.seconds_left = None  # as agreed at the last sync point
 
     def add(self, loss, tokens):
         self.loss_sum += loss.double() * tokens
         self.tokens += tokens
         self.batches += 1
-        self.ended_at.append(time.time())
-
-    def seconds_per_batch(self, at_least):
-        """This process's recent pace: over its latest batches that span `at_least` seconds
-        (and two batches at least), or None before it has run that long this epoch."""
-        ended = self.ended_at
-        start = bisect.bisect_right(ended, ended[-1] - at_least) - 1 if ended else -1
-        start = min(start, len(ended) - 3)
-        if start < 0:
-            return None
-        return (ended[-1] - ended[start]) / (len(ended) - 1 - start)
 
     def position(self, row, hidden, group):
         return Position(index=row, batches=self.batches, loss_sum=self.total,
@@ -160,6 +158,7 @@ class Trainer:
         self.deadline = None  # time.time() by which training must stop (a budget)
         self.out_of_time = False
         self.replanned = False  # the plan was re-fitted during the epoch in progress
+        self.batch_ends = []  # under a deadline, when each batch of this process ended
         self.rng = np.random.default_rng(s["seed"])  # variable BPTT lengths
         # (steps, batch) or, under torchrun, this process's columns of it
         self.train_data = batchify(corpus.train, s["batch_size"])[
@@ -292,6 +291,8 @@ class Trainer:
                     max_batches = budget.epoch_batches(self.plan, self.epoch)
                 at_end = data.size(0) - 1 - row < MIN_WINDOW or sums.batches == max_batches
                 now = time.time()
+                if self.deadline is not None:
+                    self.batch_ends.append(now)
                 requests = (  # what this process alone may have seen: stop, late, save due,
                     stop.requested, self.deadline is not None and now >= self.deadline,
                     save_every is not None and now - last_save >= save_every,
@@ -319,15 +320,14 @@ class Trainer:
         return self.position.loss_sum / self.position.tokens
 
     def behind(self, sums, now):
-        """Whether, at this process's pace, the plan's steps left would run past the
-        deadline (with the validations of the epochs they finish)."""
+        """Whether, at this process's recent pace (recent_pace: the ends of epochs within
+        it included), the plan's steps left would run past the deadline."""
         if self.deadline is None:
             return False
         left = self.deadline - now
-        pace = sums.seconds_per_batch(PACE_WINDOW * left)
-        steps = budget.steps_left(self.plan, self.epoch, sums.batches)
-        return pace is not None and budget.seconds_for(self.plan, self.epoch, sums.batches,
-                                                       steps, pace) > left
+        pace = recent_pace(self.batch_ends, PACE_WINDOW * left)
+        return pace is not None and budget.steps_left(self.plan, self.epoch,
+                                                      sums.batches) * pace > left
 
     def keep_to_the_deadline(self, sums):
         """Behind the plan: re-fit its rest into REFIT_SHARE of the time left, at the pace
@@ -335,8 +335,7 @@ class Trainer:
         if not sums.pace:  # (no process has measured its pace yet)
             return
         planned = budget.steps_left(self.plan, self.epoch, sums.batches)
-        fit = budget.steps_that_fit(self.plan, self.epoch, sums.batches,
-                                    REFIT_SHARE * sums.seconds_left, sums.pace)
+        fit = max(math.floor(REFIT_SHARE * sums.seconds_left / sums.pace), 0)
         if fit < planned:
             expected = self.plan.get("step_s")
             self.refit_plan(fit, sums.batches, f"behind the plan (a step takes "
@@ -371,7 +370,7 @@ class Trainer:
         (at, batches), now = sums.synced_at, time.time()
         step_s = (now - at) / max(sums.batches - batches, 1)
         seconds_left = self.deadline - now if self.deadline is not None else 0.0
-        pace = sums.seconds_per_batch(PACE_WINDOW * seconds_left) or 0.0
+        pace = recent_pace(self.batch_ends, PACE_WINDOW * seconds_left) or 0.0
         counts = torch.tensor([sums.tokens, step_s, pace, seconds_left, *requests],
                               dtype=torch.float64, device=self.device)
         totals = self.group.sum(torch.cat([sums.loss_sum.view(1), counts])).tolist()

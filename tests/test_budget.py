@@ -187,27 +187,25 @@ def test_a_resume_that_lowers_the_epochs_of_a_1cycle_run_ends_it_annealed(repeat
 
 
 def test_a_refit_keeps_whole_epochs_and_spreads_the_rest_of_the_schedule():
-    p = budget.fixed_plan(10, 100, 0.75, budget_s=600.0, train_deadline_s=500.0,
-                          step_s=0.1, epoch_end_s=2.0)
-    # 250 steps into epoch 3 (index 2, 50 done): 750 planned steps left (75 s) and 7 more
-    # epoch ends (14 s). In 40.05 s: the 50 left of this epoch (5 s) and its end (2 s), two
-    # epochs of 100 steps with theirs (24 s), and a last of 90 (9 s).
+    p = budget.fixed_plan(10, 100, 0.75, budget_s=600.0, train_deadline_s=500.0, step_s=0.1)
+    # 250 steps into epoch 3 (index 2, 50 done): 750 planned steps left; 340 of them fit:
+    # the 50 left of this epoch, two whole epochs and a last of 90
     assert budget.steps_left(p, 2, 50) == 750
-    fit = budget.steps_that_fit(p, 2, 50, 40.05, 0.1)
-    assert fit == 50 + 100 + 100 + 90
-    new = budget.reshape(p, 250, 2, 50, fit, average_start=0.75)
+    new = budget.reshape(p, 250, 2, 50, 340, average_start=0.75)
     assert (new["epochs"], new["last_epoch_batches"], new["total_steps"]) == (6, 90, 590)
+    assert budget.steps_left(new, 2, 50) == 340
     assert new["average_from"] == math.floor(0.75 * 590)
     assert new["schedule_steps"] == 1000 and new["schedule_anchor"] == [250, 250]
     positions = [budget.schedule_position(new, step) for step in range(250, 591)]
     assert positions[0] == 250 and positions[-1] == 1000  # the schedule's end, on time
     assert all(2 <= b - a <= 3 for a, b in zip(positions, positions[1:]))  # evenly spread
-    # a second re-fit (100 steps into epoch 5) goes on from where the schedule stands
+    # a second re-fit (at the start of epoch 5) goes on from where the schedule stands
     again = budget.reshape(new, 450, 4, 0, 40, average_start=0.75)
     assert again["schedule_anchor"] == [450, budget.schedule_position(new, 450)]
     assert again["epochs"] == 5 and budget.schedule_position(again, 490) == 1000
-    # a plan with time to spare is left as it is
-    assert budget.steps_that_fit(p, 2, 50, 1000.0, 0.1) == budget.steps_left(p, 2, 50)
+    # fewer steps than the epoch in progress has left: it becomes the last
+    short = budget.reshape(p, 250, 2, 50, 20, average_start=0.75)
+    assert (short["epochs"], short["last_epoch_batches"], short["total_steps"]) == (3, 70, 270)
 
 
 def test_the_checkpoint_writes_are_measured_at_the_size_of_the_states_to_come(repeating,

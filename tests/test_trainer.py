@@ -111,16 +111,14 @@ def test_the_objective_adds_ar_and_tar_to_the_cross_entropy():
 def test_the_pace_is_read_over_the_latest_batches_that_span_the_window():
     """A budget run judges whether it is behind by its recent pace: over the latest batches
     that span the window asked for (long early in a run, short near its deadline), never
-    the epoch's first batch alone, and not at all before the window is covered."""
-    sums = trainer_module.EpochSums(checkpoint.Position(hidden=None), trainer_module.SINGLE,
-                                    torch.device("cpu"))
-    sums.ended_at = [0.0, 1.0, 2.0, 3.0, 13.0, 23.0]  # ten times slower from the fifth batch
-    assert sums.seconds_per_batch(15.0) == 10.0  # from 3.0: the slow batches alone
-    assert sums.seconds_per_batch(23.0) == 23.0 / 5  # the whole epoch after its first batch
-    assert sums.seconds_per_batch(0.0) == 10.0  # two batches at least
-    assert sums.seconds_per_batch(24.0) is None  # not that long yet
-    sums.ended_at = [0.0, 1.0]
-    assert sums.seconds_per_batch(0.0) is None
+    the first batch alone, and not at all before the record spans the window."""
+    ends = [0.0, 1.0, 2.0, 3.0, 13.0, 23.0]  # ten times slower from the fifth batch
+    assert trainer_module.recent_pace(ends, 15.0) == 10.0  # from 3.0: the slow batches alone
+    assert trainer_module.recent_pace(ends, 23.0) == 23.0 / 5  # all after the first batch
+    assert trainer_module.recent_pace(ends, 0.0) == 10.0  # two batches at least
+    assert trainer_module.recent_pace(ends, 24.0) is None  # not that long yet
+    assert trainer_module.recent_pace([0.0, 1.0], 0.0) is None
+    assert trainer_module.recent_pace([], 0.0) is None
 
 
 def test_a_plan_re_fitted_within_an_epoch_ends_the_epoch_there_at_the_cycles_end(
