@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import devices
+import distributed
 from budget import synchronize
 from data import Corpus, CorpusError, batchify, windows
 from devices import (PRECISIONS, check_bf16, describe_device, out_of_memory,
@@ -58,10 +58,11 @@ WT103_WORDS = 267_735  # WikiText-103's vocabulary
 CONFIGS = "abcdef"
 
 
-def example_style_step(objective, optimizer, inputs, targets, hidden, lr, clip, precision):
+def example_style_step(objective, optimizer, inputs, targets, hidden, clip, precision):
     """The PyTorch example's update: separate log-softmax and NLL loss, then p -= lr * grad
-    parameter by parameter (no optimizer object, no AR/TAR, no weight decay)."""
-    model = objective.model
+    parameter by parameter (no optimizer step: `optimizer` only holds the lr; no AR/TAR, no
+    weight decay)."""
+    model, lr = objective.model, optimizer.param_groups[0]["lr"]
     model.zero_grad()
     out = model(inputs, tuple(h.detach() for h in hidden))
     log_probs = torch.log_softmax(out.logits, dim=-1).view(-1, out.logits.size(-1))
@@ -114,7 +115,7 @@ PROGRESS_EVERY = 25  # timed steps between partial figures
 
 
 def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
-               group=devices.SINGLE, progress=None):
+               group=distributed.SINGLE, progress=None):
     """One configuration (`run`, an entry of RUNS, with the adaptive softmax's "cutoffs")
     at `shape`, stepping through `tokens` (1-D ids below `ntoken`): a dict of the mean
     seconds per training step, this process's peak memory (bytes), the parameter count,
@@ -151,8 +152,8 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
         nonlocal hidden
         losses = []
         for _, inputs, targets in itertools.islice(batches, n):
-            loss, hidden = step_fn(objective, optimizer, inputs, targets, hidden, s["lr"],
-                                   s["clip"], precision)
+            loss, hidden = step_fn(objective, optimizer, inputs, targets, hidden, s["clip"],
+                                   precision)
             losses.append(loss)
         synchronize(device)
         return losses
@@ -225,12 +226,12 @@ def main(argv=None):
         for name in SHAPE:
             p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=COUNT, default=None,
                            help=f"{prefix} {name} (default: by device)")
-    rank = devices.environment_rank()
+    rank = distributed.environment_rank()
     try:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(devices.only_main_prints())
+            stack.enter_context(distributed.only_main_prints())
             args = p.parse_args(argv)
-            group, device = stack.enter_context(devices.start(args.device))
+            group, device = stack.enter_context(distributed.start(args.device))
             run(args, group, device)
     except (CorpusError, SettingsError) as e:
         sys.exit(f"error: {e}" if rank == 0 else 1)

@@ -16,6 +16,7 @@ deadline stays the last resort: there the trainer ends the epoch, so that valida
 saved model and the test still finish inside the budget.
 """
 
+import bisect
 import itertools
 import math
 import os
@@ -31,6 +32,11 @@ from util import plural, remove_quietly, size_in_words
 # their measured parts (Python around the loop, the metrics file): 3% measured on tiny
 # CPU runs, where that overhead weighs most.
 MARGIN_FRACTION, MARGIN_MIN_S, EPOCH_OVERHEAD = 0.03, 2.0, 1.03
+# Keeping to a budget's deadline: the pace is measured over the latest batches that span a
+# tenth of the time left (long enough early on that the first windows of a run, slower
+# while new shapes warm up, cannot shorten a plan by themselves; short near the end, where
+# a slowdown must be seen at once), and a re-fitted plan fills 95% of the time left.
+PACE_WINDOW, REFIT_SHARE = 0.1, 0.95
 
 
 def synchronize(device):
@@ -96,7 +102,7 @@ def write_seconds(trainer, stepped_optimizer):
     hold: its optimizer's state after steps (that of `stepped_optimizer`, the copy that took
     them: Adam keeps two moments per weight, which the run's own optimizer, not yet
     stepped, lacks) and the averaged weights of a run that averages."""
-    probe = f"{trainer.model_path}.budget-probe{os.getpid()}"
+    probe = trainer.files.probe(os.getpid())
     started = time.perf_counter()
     try:
         trainer.save_state(probe)
@@ -107,7 +113,7 @@ def write_seconds(trainer, stepped_optimizer):
     weights = tensor_bytes(trainer.model.state_dict())
     state = (probe_bytes - tensor_bytes(trainer.optimizer.state_dict())
              + tensor_bytes(stepped_optimizer.state_dict())
-             + (weights if trainer.averages and trainer.averaged is None else 0))
+             + (weights if trainer.schedule.averages and trainer.averaged is None else 0))
     written = state + weights  # (the model file: its weights, and a small header)
     return seconds * written / probe_bytes, written
 
@@ -236,7 +242,7 @@ def epochs_in_words(p):
 
 def describe(p, speed, started_at, averages=True):
     """The plan as the lines train.py prints (`averages`: whether the run's schedule
-    averages the weights, optim.AVERAGING)."""
+    averages the weights: schedule.Schedule.averages)."""
     end = time.strftime("%H:%M:%S", time.localtime(started_at + p["budget_s"]))
     averaging = f", averaging from step {p['average_from']:,}" if averages else ""
     return (f"budget {p['budget_s'] / 60:g} min: measured {speed['step_s'] * 1000:.1f} ms per "
@@ -246,3 +252,117 @@ def describe(p, speed, started_at, averages=True):
             f"plan: {epochs_in_words(p)}"
             + f"{averaging}; training stops by "
             f"{p['train_deadline_s'] / 60:.1f} min at the latest; the run ends by {end}")
+
+
+def recent_pace(batch_ends, at_least):
+    """Seconds per batch over the latest of `batch_ends` (when each batch ended, by the wall
+    clock, so that the validations and writes between epochs count too) that span
+    `at_least` seconds and two batches at least; None before the record spans that long."""
+    start = bisect.bisect_right(batch_ends, batch_ends[-1] - at_least) - 1 if batch_ends else -1
+    start = min(start, len(batch_ends) - 3)
+    if start < 0:
+        return None
+    return (batch_ends[-1] - batch_ends[start]) / (len(batch_ends) - 1 - start)
+
+
+class Plan:
+    """A planned run's plan as it goes: its `layout` (plan's or fixed_plan's dict, which the
+    training state keeps as it is) and, under a budget, the `deadline` (time.time()) by
+    which training must stop, with the end of each batch since, which gives the recent
+    pace. The Trainer holds one for a budget, onecycle or 1cycle run."""
+
+    def __init__(self, layout, deadline=None):
+        self.layout, self.deadline = layout, deadline
+        self.batch_ends = []  # under a deadline, when each batch of this process ended
+        self.replanned = False  # re-fitted during the epoch in progress
+
+    @property
+    def epochs(self):
+        return self.layout["epochs"]
+
+    @property
+    def schedule_steps(self):
+        """The steps the lr schedule is laid over: those first planned (reshape)."""
+        return self.layout.get("schedule_steps", self.layout["total_steps"])
+
+    def epoch_batches(self, epoch):
+        return epoch_batches(self.layout, epoch)
+
+    def steps_left(self, epoch, batches_done):
+        return steps_left(self.layout, epoch, batches_done)
+
+    def schedule_position(self, step):
+        return schedule_position(self.layout, step)
+
+    def averaging_from(self, step):
+        """Whether a run that averages averages at its step `step` (its planned start)."""
+        return step >= self.layout["average_from"]
+
+    def start_the_clock(self, started, spent):
+        """Under a budget, training stops by train_deadline_s from `started` (time.time()
+        when this session of the run began), less the seconds its earlier sessions `spent`."""
+        if self.layout["train_deadline_s"] is not None:
+            self.deadline = started - spent + self.layout["train_deadline_s"]
+
+    def fit_to_epochs(self, epochs, steps_done, epoch, batches_done, average_start):
+        """A resume that asks for `epochs` (--epochs) other than the plan's: the rest of the
+        plan re-fitted to end with epoch `epochs`, its lr schedule ending there; a budget's
+        plan only shrinks (more epochs than it fitted would not fit). Returns the line that
+        says what became of the plan, or None when it stands as it was."""
+        if self.layout.get("budget_s") is not None and epochs > self.epochs:
+            return (f"note: the budget's plan of {plural(self.epochs, 'epoch')} stands (a "
+                    "budget fits whole epochs up to --epochs when the run starts)")
+        if not epoch < epochs != self.epochs:
+            return None
+        per_epoch = self.layout["batches_per_epoch"]
+        steps = max(per_epoch - batches_done, 0) + (epochs - epoch - 1) * per_epoch
+        return self.refit(steps_done, epoch, batches_done, steps, average_start,
+                          f"--epochs {epochs} instead of the plan's {self.epochs}")
+
+    def batch_ended(self, now):
+        if self.deadline is not None:
+            self.batch_ends.append(now)
+
+    def late(self, now):
+        return self.deadline is not None and now >= self.deadline
+
+    def seconds_left(self, now):
+        return self.deadline - now if self.deadline is not None else 0.0
+
+    def pace(self, now):
+        """Seconds per batch lately (recent_pace over PACE_WINDOW of the time left), or
+        None before it is known."""
+        return recent_pace(self.batch_ends, PACE_WINDOW * self.seconds_left(now))
+
+    def behind(self, epoch, batches_done, now):
+        """Whether, at this process's recent pace (the ends of epochs within it included),
+        the plan's steps left would run past the deadline."""
+        if self.deadline is None:
+            return False
+        pace = self.pace(now)
+        return pace is not None and self.steps_left(epoch, batches_done) * pace > \
+            self.deadline - now
+
+    def refit(self, steps_done, epoch, batches_done, steps, average_start, why):
+        """Re-fit the plan to `steps` more steps after `batches_done` of epoch `epoch`
+        (reshape), the lr schedule going on from where it stands; returns the line that
+        says so, giving `why`."""
+        self.layout = reshape(self.layout, steps_done, epoch, batches_done, steps, average_start)
+        self.replanned = True
+        return (f"{why}: {plural(steps, 'step')} left, the plan now "
+                f"{epochs_in_words(self.layout)}; the lr schedule's rest spreads over them")
+
+    def keep_to_the_deadline(self, steps_done, epoch, batches_done, pace, seconds_left,
+                             average_start):
+        """Behind the plan: re-fit its rest into REFIT_SHARE of `seconds_left` at `pace`
+        (what the processes agreed on, so that each re-fits alike); returns refit's line,
+        or None when no re-fit was needed (or no process has measured its pace yet)."""
+        if not pace:
+            return None
+        fit = max(math.floor(REFIT_SHARE * seconds_left / pace), 0)
+        if fit >= self.steps_left(epoch, batches_done):
+            return None
+        expected = self.layout.get("step_s")
+        return self.refit(steps_done, epoch, batches_done, fit, average_start,
+                          f"behind the plan (a step takes {1000 * pace:.1f} ms"
+                          + (f", {1000 * expected:.1f} ms planned" if expected else "") + ")")

@@ -8,8 +8,9 @@ torch.load(..., weights_only=True) on any PyTorch version. Two kinds, both with
 - kind "model": `model` holds the weights to evaluate and sample from (the averaged
   weights once NT-ASGD has switched); written by train.py at `--save`.
 - kind "state": everything train.py needs to continue a run exactly (raw and averaged
-  weights, optimizer, epoch and position, validation history, RNG states, metrics);
-  written beside the model file as <save>.state.pt.
+  weights, optimizer, epoch and position, validation history, RNG states, metrics: the
+  contents of trainer.Trainer.state_dict); written beside the model file as <save>.state.pt
+  (runfiles.py names a run's files).
 Each also holds `checksum`, the sha256 of its tensors, which `load` checks: torch.load
 does not notice bytes changed on disk.
 """
@@ -24,13 +25,12 @@ import socket
 import subprocess
 import time
 import zipfile
-from dataclasses import dataclass
 
 import torch
 
 from data import Vocabulary
-from model import build_model, count_parameters, map_hidden
-from optim import RunningAverage
+from model import build_model, count_parameters
+from runfiles import RunFiles
 from util import write_atomically
 
 FORMAT = "lstm-lm"
@@ -46,12 +46,6 @@ def pack(kind, config, vocab_words, settings, **contents):
     model's configuration, the vocabulary, the run's settings) plus `contents`."""
     return dict(format=FORMAT, version=VERSION, kind=kind, config=config,
                 vocab=list(vocab_words), args=dict(settings), **contents)
-
-
-def state_path(model_path):
-    """Where the training state of the run saving its best model at `model_path` goes."""
-    stem, _ = os.path.splitext(model_path)
-    return stem + ".state.pt"
 
 
 def save(path, checkpoint):
@@ -119,16 +113,17 @@ def load(path, kind=None):
     if kind == "state" and checkpoint.get("kind") != "state":
         raise CheckpointError(
             f"{path} is a model checkpoint without training state; resume from "
-            f"{state_path(path)}, or fine-tune it with --finetune {path}")
+            f"{RunFiles(path).state}, or fine-tune it with --finetune {path}")
     check_contents(path, checkpoint)
     return checkpoint
 
 
-# What each kind of checkpoint holds besides the header (format, version, kind).
+# What each kind of checkpoint holds besides the header (format, version, kind) and must
+# hold to be read at all; the rest of a training state is the Trainer's, which checks it
+# as it loads it (trainer.Trainer.load_state_dict).
 CONTENTS = {
     "model": ("config", "vocab", "args", "model", "epoch", "valid_loss", "valid_ppl"),
-    "state": ("config", "vocab", "args", "model", "averaged", "optimizer", "lr", "epoch",
-              "position", "valid_history", "best_valid_loss", "metrics", "done", "rng"),
+    "state": ("config", "vocab", "args", "model", "epoch"),
 }
 
 
@@ -221,7 +216,7 @@ MODEL_NAMES = {"awd": "an AWD-LSTM", "lstm": "a baseline LSTM"}
 def tested(path, checkpoint):
     """", test ppl 65.80 (batch 1)" when the run's summary beside a model checkpoint (train.py
     writes <stem>.json at the end) tested this very model, else ""."""
-    summary_file = os.path.splitext(path)[0] + ".json"
+    summary_file = RunFiles(path).summary
     try:
         with open(summary_file, encoding="utf-8") as f:
             summary = json.load(f)
@@ -277,63 +272,6 @@ def check_vocabulary(checkpoint_path, vocab_words, corpus):
             "pass the --data the checkpoint was trained on")
 
 
-# --- The training state ---------------------------------------------------------------------
-
-@dataclass
-class Position:
-    """Where an interrupted epoch stands, for a state to continue from: the next window's
-    row, the batches done, the loss sum and tokens of all processes as of the last sync
-    point, the training seconds, and the whole batch's hidden state (float32)."""
-    hidden: object
-    index: int = 0
-    batches: int = 0
-    loss_sum: float = 0.0
-    tokens: int = 0
-    seconds: float = 0.0
-
-
-def training_state(trainer):
-    """A trainer.Trainer's whole state, as a checkpoint of kind "state" (under torchrun every
-    process must call this together: each one's random state goes into it)."""
-    t = trainer
-    return t.pack(
-        "state", model=t.model.state_dict(),
-        averaged=t.averaged.state_dict() if t.averaged is not None else None,
-        optimizer=t.optimizer.state_dict(), lr=t.lr, epoch=t.epoch,
-        position=vars(t.position).copy() if t.position is not None else None,
-        valid_history=t.valid_history, best_valid_loss=t.best_valid_loss, metrics=t.metrics,
-        steps=t.steps, done=t.done, plan=t.plan,
-        scheduler=t.scheduler.state_dict() if t.scheduler is not None else None,
-        rng=t.group.random_states(t.device, t.rng))
-
-
-def restore(trainer, state):
-    """Continue a freshly built trainer.Trainer from a training state, exactly when as many
-    processes run as saved it; returns how many did (so that the caller can say so)."""
-    t = trainer
-    t.model.load_state_dict(state["model"])
-    if state["averaged"] is not None:
-        t.averaged = RunningAverage(t.model)
-        t.averaged.load_state_dict(state["averaged"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.lr, t.epoch, t.valid_history = state["lr"], state["epoch"], state["valid_history"]
-    t.best_valid_loss, t.metrics, t.done = (state["best_valid_loss"], state["metrics"],
-                                           state["done"])
-    t.steps = state.get("steps", 0)  # (states written before these existed lack them)
-    t.provenance = list(state.get("provenance", []))
-    if state.get("plan") is not None:
-        t.set_plan(state["plan"])
-        if t.scheduler is not None:
-            t.scheduler.load_state_dict(state["scheduler"])
-    t.resumed = True
-    if state["position"] is not None:  # the whole batch's state: this process's columns
-        columns = t.group.columns(t.s["batch_size"])
-        t.position = Position(**state["position"])
-        t.position.hidden = map_hidden(lambda h: h[:, columns].contiguous().to(t.device),
-                                       t.position.hidden)
-    return t.group.restore_random_states(state["rng"], t.device, t.rng)
-
-
 # --- Provenance: where a trained model came from ------------------------------------------
 #
 # The command, the repository commit, the torch and CUDA versions, the device, the date and
@@ -375,7 +313,7 @@ def cpu_name():
 
 def provenance_record(command, device, device_name, corpus, processes="1 process"):
     """One entry: this process's command line (a string), device (and `device_name`,
-    devices.describe_device's), processes (under torchrun, devices.Group.describe's) and
+    devices.describe_device's), processes (under torchrun, distributed.Group.describe's) and
     data."""
     name = device_name
     return dict(

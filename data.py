@@ -307,7 +307,7 @@ def mean_nll(model, data, batch_size, bptt, progress=None, on_segment=None, grou
     summed in float64 (validation, the test, evaluate.py). `on_segment`, when given, also
     receives each window's target log-probabilities (T, batch), last-layer states
     (T, batch, features) and targets (T, batch): the cache pointer reads them. Under
-    torchrun (`group`, a devices.Group) each process scores its own columns and the sums
+    torchrun (`group`, a distributed.Group) each process scores its own columns and the sums
     are added: the columns are independent streams, so the result is the one process's."""
     model.eval()
     device = next(model.parameters()).device

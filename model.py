@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lstm_layer import LSTMLayer
+
 
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # (seq, batch, ntoken); None under an adaptive softmax
@@ -74,88 +76,6 @@ def embedding_dropout(embedding, tokens, p, training):
     mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p)  # (ntoken, 1)
     # Masking the looked-up rows equals masking the matrix, without touching every row.
     return embedded * F.embedding(tokens, mask)
-
-
-def compute_dtype(x, weight):
-    """The dtype an LSTM computes in: autocast's when autocast is on for x's device, else
-    that of its weights (float32)."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return weight.dtype
-
-
-class LSTMLayer(nn.Module):
-    """One nn.LSTM layer, optionally with DropConnect on its hidden-to-hidden matrix
-    (AWD-LSTM's weight drop), that computes in the autocast dtype when autocast is on.
-
-    Evaluation in float32, and training without weight drop, run the nn.LSTM as it is (on a
-    GPU its weights stay in the one flat buffer cuDNN wants). Otherwise the layer hands
-    torch's LSTM op the weights itself: a fresh elementwise mask on weight_hh_l0 each
-    training forward (shared by all time steps and batch items, survivors scaled by
-    1/(1-p)) and, under autocast, every weight cast to the autocast dtype, with autocast
-    off. Two reasons: cuDNN's autocast wrapper runs RNNs in float16 whatever dtype autocast
-    asks for, and a weight swapped into an nn.LSTM (torch.func.functional_call) makes it
-    re-pack its flat buffer on every call. On a GPU the weights handed over are views of one
-    new buffer in the layout of the module's own (in_one_block), so cuDNN copies nothing.
-    The module's parameters are never replaced or patched.
-    """
-
-    def __init__(self, input_size, hidden_size, weight_dropout=0.0):
-        super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden_size)
-        self.weight_dropout = weight_dropout
-
-    def forward(self, x, hidden):
-        """x: (seq, batch, input_size); hidden: (h, c), each (1, batch, hidden_size), in any
-        floating dtype (a state saved in float32 resumes under bf16 and the other way)."""
-        lstm = self.lstm
-        weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
-        dtype = compute_dtype(x, weights[0])
-        hidden = tuple(h.to(dtype) for h in hidden)
-        drop = self.training and self.weight_dropout > 0
-        if not drop and dtype == weights[0].dtype:
-            return lstm(x, hidden)
-        layout = flat_layout(weights)
-        if drop:
-            weights[1] = F.dropout(weights[1], self.weight_dropout, training=True)
-        weights = in_one_block([w.to(dtype) for w in weights], layout)
-        with torch.autocast(x.device.type, enabled=False):
-            output, h, c = torch.lstm(x.to(dtype), hidden, weights, True, 1, 0.0, self.training,
-                                      False, False)
-        return output, (h, c)
-
-
-def flat_layout(weights):
-    """(offsets, length): where the one buffer that holds `weights` holds each of them, as
-    nn.LSTM lays out its weights for cuDNN on a GPU; None when they are apart (the CPU).
-    The offsets count elements, so they serve bfloat16 copies too (were cuDNN to lay those
-    out otherwise, it would copy them into its layout, as without a layout)."""
-    storage = weights[0].untyped_storage()
-    if any(w.untyped_storage().data_ptr() != storage.data_ptr() for w in weights):
-        return None
-    offsets = [w.storage_offset() for w in weights]
-    if offsets != sorted(offsets):
-        return None
-    return offsets, storage.nbytes() // weights[0].element_size()
-
-
-def in_one_block(weights, layout):
-    """`weights` as views of one new buffer at the offsets of `layout` (gaps zero), or
-    unchanged when there is no layout. The copy is differentiable: gradients reach the
-    weights (and the weight-drop mask) through it."""
-    if layout is None:
-        return weights
-    offsets, length = layout
-    pieces, end = [], 0
-    for w, start in zip(weights, offsets):
-        if start > end:
-            pieces.append(w.new_zeros(start - end))
-        pieces.append(w.reshape(-1))
-        end = start + w.numel()
-    if length > end:
-        pieces.append(weights[0].new_zeros(length - end))
-    block = torch.cat(pieces)
-    return [block[start:start + w.numel()].view_as(w) for w, start in zip(weights, offsets)]
 
 
 # --- The output layer ----------------------------------------------------------------------
@@ -379,16 +299,6 @@ def build_model(config):
     if kind not in MODELS:
         raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
     return MODELS[kind](**config)
-
-
-def pack_lstm_weights(module):
-    """Lay every LSTM's weights out as one contiguous block again, as cuDNN's fused kernel
-    wants them. Module.to() does this; copy.deepcopy (as in AveragedModel) does not, and
-    cuDNN would then warn and re-pack the weights on every call. A no-op on the CPU."""
-    for m in module.modules():
-        if isinstance(m, nn.LSTM):
-            m.flatten_parameters()
-    return module
 
 
 def count_parameters(model):

@@ -18,6 +18,7 @@ import statistics
 import sys
 
 from settings import Parser, SettingsError, check_output_file
+from runfiles import RunFiles
 from runlog import MetricsError, read_metrics
 
 REQUIRED = ("epoch", "seconds", "train_ppl", "valid_ppl", "lr", "event")
@@ -75,7 +76,7 @@ def read_run(path, label=None):
                      or ("switched" not in r and "switch to ASGD" in r["event"])]
     run["resumed"] = [i for i, r in enumerate(rows) if r.get("resumed")]
     run["label"] = label or run_label(path)
-    summary_file = os.path.splitext(path)[0] + ".json"
+    summary_file = RunFiles(path).summary
     run["summary"] = {}
     if os.path.exists(summary_file):
         try:

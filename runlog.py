@@ -4,8 +4,8 @@ optional TensorBoard scalars, and the one-line summary of each epoch on the term
 
 train.py calls it at fixed points of the run (progress within an epoch, an epoch ended,
 the state was saved, the run ended), so that what a run records lives here and not in the
-training loop. For --save checkpoints/awd.pt the files are checkpoints/awd.csv and
-checkpoints/awd.json.
+training loop. runfiles.RunFiles names the files (for --save checkpoints/awd.pt,
+checkpoints/awd.csv, .json and .lock).
 """
 
 import csv
@@ -20,6 +20,7 @@ import time
 from tqdm import tqdm
 
 from checkpoint import describe_provenance
+from runfiles import RunFiles
 from settings import SettingsError
 from util import TMP_SUFFIX, duration, plural, size_in_words, write_atomically
 
@@ -32,16 +33,6 @@ FIELDS = ["epoch", "seconds", "tokens_per_s", "train_loss", "train_ppl", "valid_
 EPOCH_SCALARS = ["train_loss", "train_ppl", "valid_loss", "valid_ppl", "lr", "seconds",
                  "tokens_per_s", "elapsed_s"]
 INSTALL = "pip install -r requirements-dev.txt"
-
-
-def metrics_path(model_path):
-    """checkpoints/awd.pt -> checkpoints/awd.csv"""
-    return os.path.splitext(model_path)[0] + ".csv"
-
-
-def summary_path(model_path):
-    """checkpoints/awd.pt -> checkpoints/awd.json"""
-    return os.path.splitext(model_path)[0] + ".json"
 
 
 class MetricsError(ValueError):
@@ -76,11 +67,6 @@ def read_metrics(path, with_lines=False):
     return (lines, rows) if with_lines else rows
 
 
-def lock_path(model_path):
-    """checkpoints/awd.pt -> checkpoints/awd.lock"""
-    return os.path.splitext(model_path)[0] + ".lock"
-
-
 class SaveLock:
     """Holds <save stem>.lock while a run writes to its --save path, so that a second run
     on the same path refuses instead of overwriting the first one's files. The file says
@@ -88,7 +74,7 @@ class SaveLock:
     host is stale and is replaced. Taking it also proves the directory is writable."""
 
     def __init__(self, model_path):
-        self.path = lock_path(model_path)
+        self.path = RunFiles(model_path).lock
         self.held = False
 
     def __enter__(self):
@@ -197,7 +183,8 @@ class RunLog:
 
     def __init__(self, settings, tensorboard=None, writes=True):
         self.settings = settings
-        self.path = metrics_path(settings["save"])
+        self.files = RunFiles(settings["save"])
+        self.path = self.files.metrics
         self.writes = writes
         self.writer = open_tensorboard(tensorboard) if tensorboard and writes else None
         if self.writer is not None:
@@ -258,5 +245,5 @@ class RunLog:
         """Write the run's final numbers (a dict) to <save stem>.json, atomically."""
         if not self.writes:
             return
-        write_atomically(summary_path(self.settings["save"]),
+        write_atomically(self.files.summary,
                          json.dumps(summary, indent=2, sort_keys=True))

@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import dataclass
 
 from model import CLUSTER_SHRINK
+from schedule import SCHEDULES
 
 # The shipped WikiText-2, beside this file.
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "wikitext-2")
@@ -177,7 +178,7 @@ SETTINGS = (
     S("wdecay", NON_NEGATIVE, {"awd": 1.2e-6, "lstm": 0.0}, "weight decay"),
     S("optimizer", ("sgd", "adam", "adamw"), "sgd", "torch.optim.SGD, Adam (L2 weight decay) "
       "or AdamW (decoupled), with --lr and --wdecay"),
-    S("schedule", ("ntasgd", "anneal", "onecycle", "1cycle"), {"awd": "ntasgd", "lstm":
+    S("schedule", tuple(SCHEDULES), {"awd": "ntasgd", "lstm":
       "anneal"}, "ntasgd: switch to weight averaging when validation stalls; anneal: divide "
       "lr by 4 when validation does not improve; onecycle: torch's OneCycleLR over the "
       "planned steps, weights averaged from --average-start; 1cycle: Gugger and Howard's "

@@ -10,12 +10,13 @@
 For --save checkpoints/awd.pt a run writes the best model so far (awd.pt), the latest
 training state (awd.state.pt, written after every epoch, on a stop and every --save-every
 minutes), one metrics row per epoch (awd.csv) and its final numbers (awd.json), and holds
-awd.lock while it runs. Ctrl-C, SIGTERM or SIGHUP stops after the current batch, saves the
-state and tests the best model; --resume then continues exactly where the run stopped. A
-failed write (a full disk) or a lost torchrun process ends in one line that says what is
-intact and how to resume (docs/faults.md). Under torchrun the processes split every batch's
-columns (DistributedDataParallel), and the main process alone prints and writes
-(devices.py). Every flag is a setting of settings.py.
+awd.lock while it runs (runfiles.py names them). Ctrl-C, SIGTERM or SIGHUP stops after the
+current batch, saves the state and tests the best model (signals.py); --resume then
+continues exactly where the run stopped. A failed write (a full disk) or a lost torchrun
+process ends in one line that says what is intact and how to resume (docs/faults.md).
+Under torchrun the processes split every batch's columns (DistributedDataParallel), and
+the main process alone prints and writes (distributed.py). Every flag is a setting of
+settings.py.
 
 The file reads top to bottom: the run (set-up, the epoch loop, the end), then its parts.
 """
@@ -30,14 +31,17 @@ import torch
 
 import budget
 import checkpoint
-import devices
+import distributed
+import signals
 from checkpoint import CheckpointError
 from data import Corpus, CorpusError, check_batch_size, mean_nll, mean_seq_len
-from devices import describe_device, out_of_memory, set_precision
-from runlog import RunLog, SaveLock, metrics_path
+from devices import check_bf16, describe_device, out_of_memory, set_precision
+from distributed import SYNC_SECONDS
+from runfiles import RunFiles
+from runlog import RunLog, SaveLock
 from settings import (Parser, SettingsError, add_flags, finetune_settings, fresh_settings,
                       resume_command, resumed_settings)
-from trainer import SYNC_SECONDS, Trainer, TrainingError
+from trainer import Trainer, TrainingError
 from util import WriteFailed, listing, plural, ppl
 
 
@@ -70,25 +74,17 @@ def train(args, stack, group, device, argv):
     # Set-up, on every process alone; no process trains unless every one passed it.
     try:
         trainer, log = set_up(args, stack, group, device, shlex.join(
-            devices.launch_command(group) + ["train.py"] + argv))
+            distributed.launch_command(group) + ["train.py"] + argv))
         error = None
     except (CorpusError, CheckpointError, SettingsError) as e:
         error = e
     group.stop_if_any_failed(error)
-    state_file = checkpoint.state_path(trainer.model_path)
     try:
         trainer.join_processes()
-        announce(trainer, args, device, started)  # (a budget's speed test writes a state)
+        announce(trainer, args, device)
+        plan_run(trainer, args, started)  # (a budget's speed test writes a state)
         stopped = run_epochs(trainer, args, log)
-        # The end: say why the run stopped, test the best model, write the summary.
-        if stopped:
-            machines = (" on each machine, with this run's rendezvous flags"
-                        if group.machines > 1 else "")
-            resume = resume_command(args, state_file, devices.launch_command(group))
-            print(f"stopped; training state saved to {state_file} (continue with: {resume}"
-                  f"{machines})")
-        else:
-            print(f"finished after {plural(trainer.epoch, 'epoch')}")
+        say_why_it_ended(trainer, args, stopped)
         try:
             test_loss = test_best_model(trainer, device)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP in the test: said, then out
@@ -96,25 +92,29 @@ def train(args, stack, group, device, argv):
             raise
         log.finished(summarize(trainer, test_loss, stopped=stopped))
     except WriteFailed as e:  # a full disk, a read-only directory
-        with devices.signals_ignored():
+        with signals.signals_ignored():
             raise TrainingError(f"{e}. {what_is_left(trainer, args)}") from None
     except RuntimeError as e:  # under torchrun: another process died
-        reason = devices.lost_peer(e) if group.size > 1 else None
+        reason = distributed.lost_peer(e) if group.size > 1 else None
         if reason is None:
             raise
-        with devices.signals_ignored():
+        with signals.signals_ignored():
             raise TrainingError(f"another process of this run was lost ({group.backend}: "
                                 f"{reason}). {what_is_left(trainer, args)}") from None
 
 
 def run_epochs(trainer, args, log):
-    """The epoch loop: train, validate and apply the schedule, save the state; returns
-    whether a stop (Ctrl-C, SIGTERM, SIGHUP) ended it. A stop that any process received
-    ends the loop on all of them."""
+    """The epoch loop (after fine-tuning's validation of its start): train, validate and
+    apply the schedule, save the state; returns whether a stop (Ctrl-C, SIGTERM, SIGHUP)
+    ended it. A stop that any process received ends the loop on all of them."""
     group = trainer.group
+    if args.finetune:
+        start = trainer.measure_start()
+        print(f"fine-tuning {args.finetune} in averaging mode from valid ppl {ppl(start):.2f}; "
+              f"writing {trainer.files.model} whenever validation improves on it")
     when = ("after the current batch" if group.size == 1 else
             f"at the next sync point (within {SYNC_SECONDS:g} s)")
-    with devices.StopRequest(when) as stop:
+    with signals.StopRequest(when) as stop:
         stopped = group.any(stop.requested)
         while trainer.epoch < trainer.s["epochs"] and not trainer.done and not stopped:
             train_loss = trainer.train_epoch(
@@ -128,11 +128,22 @@ def run_epochs(trainer, args, log):
     return stopped
 
 
+def say_why_it_ended(trainer, args, stopped):
+    """"finished after N epochs", or where the state is and the command that resumes it."""
+    if not stopped:
+        print(f"finished after {plural(trainer.epoch, 'epoch')}")
+        return
+    group = trainer.group
+    machines = " on each machine, with this run's rendezvous flags" if group.machines > 1 else ""
+    resume = resume_command(args, trainer.files.state, distributed.launch_command(group))
+    print(f"stopped; training state saved to {trainer.files.state} (continue with: {resume}"
+          f"{machines})")
+
+
 def what_is_left(trainer, args):
     """After a failure: which of the run's files are intact, and how to go on."""
-    state_file = checkpoint.state_path(trainer.model_path)
-    kept = trainer.files_on_disk() + [path for path in [metrics_path(trainer.model_path)]
-                                      if os.path.exists(path)]
+    state_file = trainer.files.state
+    kept = trainer.files_on_disk() + trainer.files.on_disk(trainer.files.metrics)
     files = (f"{listing(kept)} intact (every write is atomic)" if kept
              else "the run had written no file yet")
     again = " (with --overwrite)" if kept else ""
@@ -142,9 +153,9 @@ def what_is_left(trainer, args):
         saved = checkpoint.load(state_file, kind="state")
     except CheckpointError as e:
         return f"{files}, but {e}"
-    where = (f"in epoch {saved['epoch'] + 1}" if saved["position"] is not None
+    where = (f"in epoch {saved['epoch'] + 1}" if saved.get("position") is not None
              else f"after epoch {saved['epoch']}")
-    resume = resume_command(args, state_file, devices.launch_command(trainer.group))
+    resume = resume_command(args, state_file, distributed.launch_command(trainer.group))
     return (f"{files}; its training state ({where}) continues once the cause is mended: "
             f"{resume}")
 
@@ -163,7 +174,8 @@ def set_up(args, stack, group, device, command):
         settings = finetune_settings(args, loaded["args"])
     else:
         settings = fresh_settings(args)
-    model_path, state_file = settings["save"], checkpoint.state_path(settings["save"])
+    files = RunFiles(settings["save"])
+    model_path, state_file = files.model, files.state
     if group.main:  # the one process that writes
         if os.path.isdir(model_path):
             raise SettingsError(f"--save {model_path} is a directory; give the path of the "
@@ -190,7 +202,7 @@ def set_up(args, stack, group, device, command):
     trainer = Trainer(settings, corpus, device,
                       weights=loaded["model"] if args.finetune else None, group=group)
     if settings["precision"] == "bf16":
-        devices.check_bf16(device, trainer.model, trainer.train_data.size(1))
+        check_bf16(device, trainer.model, trainer.train_data.size(1))
     if args.resume:
         try:
             trainer.load_state(loaded)
@@ -214,7 +226,7 @@ def continue_after_restart(args):
         save = finetune_settings(args, trained)["save"]
     else:
         save = fresh_settings(args)["save"]
-    state_file = checkpoint.state_path(save)
+    state_file = RunFiles(save).state
     if os.path.exists(state_file):
         print(f"torchrun restart {restart}: continuing from {state_file}")
         args.resume, args.finetune = state_file, None
@@ -223,10 +235,9 @@ def continue_after_restart(args):
         args.overwrite = True
 
 
-def announce(trainer, args, device, started):
-    """What the run prints before its first batch: the device and model, where a resume
-    continues, the plan of a planned run (fixed here, from its measured speed under a
-    budget), and where fine-tuning starts."""
+def announce(trainer, args, device):
+    """What the run prints before anything slow: the device and model, where a resume
+    continues, and mid-epoch saves."""
     s, corpus, group = trainer.s, trainer.corpus, trainer.group
     n_params = trainer.n_parameters
     batch = (f"batch {s['batch_size']} = {group.size} x {trainer.train_data.size(1)} "
@@ -243,17 +254,9 @@ def announce(trainer, args, device, started):
         where = (f"in epoch {trainer.epoch + 1}, after its batch {trainer.position.batches}"
                  if trainer.position is not None else f"after epoch {trainer.epoch}")
         print(f"resuming {args.resume} {where}")
-    if s["budget_minutes"] or s["schedule"] in ("onecycle", "1cycle"):
-        plan_run(trainer, args, started)
-        if s["schedule"] == "1cycle":
-            print(trainer.scheduler.describe(s["lr"]))
     if args.save_every:
-        print(f"saving the training state to {checkpoint.state_path(trainer.model_path)} "
-              f"every {args.save_every:g} minutes within an epoch too")
-    if args.finetune:
-        start = trainer.measure_start()
-        print(f"fine-tuning {args.finetune} in averaging mode from valid ppl {ppl(start):.2f}; "
-              f"writing {trainer.model_path} whenever validation improves on it")
+        print(f"saving the training state to {trainer.files.state} every "
+              f"{args.save_every:g} minutes within an epoch too")
 
 
 def check_corpus_fits(s, corpus, device, group):
@@ -295,36 +298,35 @@ def check_corpus_fits(s, corpus, device, group):
 
 
 def plan_run(trainer, args, started):
-    """Fix a planned run's schedule: from its measured speed under a budget, from --epochs
-    otherwise; a resumed run keeps its plan (re-fitted when --epochs changed) and the part
-    of its budget not yet spent."""
+    """Fix the plan of a run under a budget (from its measured speed) or of a planned
+    schedule (from --epochs), and print it; a resumed run keeps its plan (re-fitted when
+    --epochs changed) and the part of its budget not yet spent."""
     s = trainer.s
+    if not (s["budget_minutes"] or trainer.schedule.planned):
+        return
     if args.resume and trainer.plan is not None:
         trainer.fit_plan_to_epochs(s["epochs"])
-        spent = (trainer.metrics[-1].get("elapsed_s", 0.0) if trainer.metrics else 0.0) + \
-            (trainer.position.seconds if trainer.position is not None else 0.0)
     elif s["budget_minutes"]:
         speed = budget.measure(trainer)
-        plan = budget.plan(60 * s["budget_minutes"], time.time() - started, speed,
-                           trainer.steps_per_epoch(args.max_batches), s["epochs"],
-                           s["average_start"])
-        s["epochs"] = plan["epochs"]
-        trainer.set_plan(plan)
-        print(budget.describe(plan, speed, started, averages=trainer.averages))
-        spent = 0.0
+        layout = budget.plan(60 * s["budget_minutes"], time.time() - started, speed,
+                             trainer.steps_per_epoch(args.max_batches), s["epochs"],
+                             s["average_start"])
+        trainer.set_plan(budget.Plan(layout))
+        print(budget.describe(layout, speed, started, averages=trainer.schedule.averages))
     else:
-        trainer.set_plan(budget.fixed_plan(s["epochs"], trainer.steps_per_epoch(args.max_batches),
-                                           s["average_start"]))
-        return
-    if trainer.plan["train_deadline_s"] is not None:
-        trainer.deadline = started - spent + trainer.plan["train_deadline_s"]
+        trainer.set_plan(budget.Plan(budget.fixed_plan(
+            s["epochs"], trainer.steps_per_epoch(args.max_batches), s["average_start"])))
+    trainer.plan.start_the_clock(started, spent=trainer.seconds_trained())
+    line = trainer.schedule.describe()
+    if line:
+        print(line)
 
 
 def test_best_model(trainer, device):
     """Test loss of the best model this run saved (None if it saved none), at the test batch
     size (1 in the paper). Under torchrun the main process reads the file and sends the
     weights to the others (which may not see its disk), and each tests its columns."""
-    path, group = trainer.model_path, trainer.group
+    path, group = trainer.files.model, trainer.group
     saved = None
     if group.main and os.path.exists(path):
         saved = checkpoint.load(path, kind="model")
@@ -352,15 +354,12 @@ def summarize(trainer, test_loss, stopped, test_interrupted=False):
     """The run's final numbers, for <save stem>.json: the model file (None when no epoch
     wrote one, or its test was interrupted), and the minutes of training and validation so
     far, an unfinished epoch's included."""
-    rows = trainer.metrics
+    rows, model = trainer.metrics, trainer.files.model
     best = min(rows, key=lambda r: r["valid_loss"]) if rows else None
-    seconds = (rows[-1].get("elapsed_s", 0.0) if rows else 0.0) + (
-        trainer.position.seconds if trainer.position is not None else 0.0)
     return dict(
-        model=trainer.model_path if test_loss is not None or (
-            test_interrupted and os.path.exists(trainer.model_path)) else None,
-        epochs=trainer.epoch,
-        stopped=stopped, minutes=round(seconds / 60, 2),
+        model=model if test_loss is not None or (
+            test_interrupted and os.path.exists(model)) else None,
+        epochs=trainer.epoch, stopped=stopped, minutes=round(trainer.seconds_trained() / 60, 2),
         best_epoch=best and best["epoch"], best_valid_ppl=best and best["valid_ppl"],
         test_ppl=None if test_loss is None else round(ppl(test_loss), 3),
         test_loss=None if test_loss is None else round(test_loss, 6),
@@ -372,14 +371,14 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     # Under torchrun every process runs this; the main one (rank 0) speaks for all, and
     # the others' output goes nowhere, except for errors that are theirs alone.
-    rank = devices.environment_rank()
+    rank = distributed.environment_rank()
     where = f" (process {rank})" if "WORLD_SIZE" in os.environ else ""
     try:
         with contextlib.ExitStack() as stack:  # what the run opens closes on any exit
-            stack.enter_context(devices.signals_as_ctrl_c())
-            stack.enter_context(devices.only_main_prints())
+            stack.enter_context(signals.signals_as_ctrl_c())
+            stack.enter_context(distributed.only_main_prints())
             args = parse_args(argv)
-            group, device = stack.enter_context(devices.start(args.device))
+            group, device = stack.enter_context(distributed.start(args.device))
             train(args, stack, group, device, argv)
     except (CorpusError, CheckpointError, SettingsError, TrainingError) as e:
         sys.exit(f"error: {e}" if rank == 0 else 1)  # every process has it: said once

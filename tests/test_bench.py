@@ -22,7 +22,7 @@ def test_the_example_style_step_computes_the_same_update_as_train_step():
                                  dropout=0.0, tied=True))
         optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"])
         loss, _ = step(Objective(model, 0.0, 0.0), optimizer, inputs, targets,
-                       model.init_hidden(3), s["lr"], s["clip"], "torch")
+                       model.init_hidden(3), s["clip"], "torch")
         updated.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*updated):
         assert torch.allclose(a, b, atol=1e-6)

@@ -135,7 +135,7 @@ def test_a_budget_shrinks_the_1cycle_phases_and_a_run_that_falls_behind_still_an
 
     def three_times_slower(self):
         now = time.perf_counter()
-        if marks and self.steps >= self.plan["total_steps"] // 3:
+        if marks and self.steps >= self.plan.layout["total_steps"] // 3:
             time.sleep(2 * (now - marks[-1]))  # twice the step's own time again
         result = original(self)
         marks.append(time.perf_counter())
@@ -235,3 +235,17 @@ def test_the_plan_of_one_epoch_says_its_steps_once():
     assert line.startswith("plan: 1 epoch of 49 steps, averaging from step 36; training stops")
     two = budget.fixed_plan(2, 49, 0.75, budget_s=60.0, train_deadline_s=50.0)
     assert "plan: 2 epochs of 49 steps (98 steps)," in budget.describe(two, SPEED, time.time())
+
+
+def test_the_pace_is_read_over_the_latest_batches_that_span_the_window():
+    """A budget run judges whether it is behind by its recent pace: over the latest batches
+    that span the window asked for (long early in a run, short near its deadline), never
+    the first batch alone, and not at all before the record spans the window."""
+    ends = [0.0, 1.0, 2.0, 3.0, 13.0, 23.0]  # ten times slower from the fifth batch
+    assert budget.recent_pace(ends, 15.0) == 10.0  # from 3.0: the slow batches alone
+    assert budget.recent_pace(ends, 23.0) == 23.0 / 5  # all after the first batch
+    assert budget.recent_pace(ends, 0.0) == 10.0  # two batches at least
+    assert budget.recent_pace(ends, 24.0) is None  # not that long yet
+    assert budget.recent_pace([0.0, 1.0], 0.0) is None
+    assert budget.recent_pace([], 0.0) is None
+

@@ -12,6 +12,7 @@ import checkpoint
 from checkpoint import CheckpointError
 from data import Corpus
 from model import AWDLSTM
+from runfiles import RunFiles
 
 
 def model_checkpoint(model, vocab):
@@ -100,7 +101,6 @@ def test_a_training_state_is_not_a_model_and_vice_versa(tmp_path):
     checkpoint.save(str(tmp_path / "m.state.pt"), state)
     with pytest.raises(CheckpointError, match="is a training state"):
         checkpoint.load_model(str(tmp_path / "m.state.pt"))
-    assert checkpoint.state_path("checkpoints/awd.pt") == "checkpoints/awd.state.pt"
 
 
 # --- Checkpoints edited by hand, in every entry point that reads one ---------------------
@@ -149,7 +149,7 @@ def run_entry_point(tool, path, root):
 def test_a_checkpoint_edited_by_hand_is_one_clean_error_everywhere(trained, tmp_path, tool, edit,
                                                                    fragment):
     model = trained["awd"]  # (conftest.py's tiny run)
-    source = Path(checkpoint.state_path(model) if tool == "resume" else model)
+    source = Path(RunFiles(model).state if tool == "resume" else model)
     edited = torch.load(source, weights_only=True)
     edit(edited)
     path = str(tmp_path / source.name)

@@ -92,8 +92,8 @@ def full_size_awd_steps(steps, precision, s=defaults("awd")):
     model.rnns[-1].register_forward_hook(lambda m, args, out: dtypes.add(out[0].dtype))
     with LSTMKernels() as kernels:
         for _, inputs, targets in itertools.islice(windows(data, s["bptt"]), steps):
-            loss, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["lr"],
-                                      s["clip"], precision)
+            loss, hidden = train_step(objective, optimizer, inputs, targets, hidden, s["clip"],
+                                      precision)
             losses.append(loss)
     set_precision("torch", torch.device("cuda"))
     return torch.stack(losses), dtypes, kernels

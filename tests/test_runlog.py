@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from runlog import (FIELDS, MetricsError, RunLog, SaveLock, lock_path, metrics_path, read_metrics,
-                    summary_path)
+from runfiles import RunFiles
+from runlog import FIELDS, MetricsError, RunLog, SaveLock, read_metrics
 from settings import SettingsError
 
 
@@ -34,7 +34,7 @@ ORIGIN = dict(command="python train.py --model awd", date="2026-11-26T10:00:00Z"
 
 def test_the_csv_holds_exactly_the_rows_given(tmp_path):
     log = RunLog(settings(tmp_path))
-    assert log.path == str(tmp_path / "awd.csv") == metrics_path(str(tmp_path / "awd.pt"))
+    assert log.path == str(tmp_path / "awd.csv") == RunFiles(str(tmp_path / "awd.pt")).metrics
     log.state_saved([row(1), row(2)], [ORIGIN])
     log.state_saved([row(1), row(2), row(3)], [ORIGIN])  # a later save, as after a resume
     rows = read_metrics(log.path)
@@ -83,7 +83,7 @@ def test_the_epoch_line_reads_the_decisions_from_their_fields(tmp_path, capsys):
 def test_the_summary_is_json_beside_the_checkpoint(tmp_path):
     with RunLog(settings(tmp_path)) as log:
         log.finished(dict(test_ppl=65.8, epochs=3))
-    path = summary_path(str(tmp_path / "awd.pt"))
+    path = RunFiles(str(tmp_path / "awd.pt")).summary
     assert path == str(tmp_path / "awd.json")
     assert json.load(open(path)) == dict(test_ppl=65.8, epochs=3)
 
@@ -117,11 +117,11 @@ def test_tensorboard_missing_is_a_message_with_the_install_command(tmp_path, mon
 def test_a_save_path_is_locked_while_a_run_holds_it(tmp_path):
     model = str(tmp_path / "awd.pt")
     with SaveLock(model):
-        holder = json.load(open(lock_path(model)))
+        holder = json.load(open(RunFiles(model).lock))
         assert holder["pid"] == os.getpid() and holder["host"]
         with pytest.raises(SettingsError, match=f"another run .*pid {os.getpid()}"):
             SaveLock(model).__enter__()
-    assert not os.path.exists(lock_path(model))  # released on exit
+    assert not os.path.exists(RunFiles(model).lock)  # released on exit
     with SaveLock(model):  # and free to take again
         pass
 
@@ -133,14 +133,14 @@ def test_a_stale_lock_is_replaced_and_an_unreadable_one_refuses(tmp_path, capsys
     with SaveLock(model):
         pass
     json.dump(dict(pid=int(gone), host=socket.gethostname(), started="earlier"),
-              open(lock_path(model), "w"))
+              open(RunFiles(model).lock, "w"))
     with SaveLock(model):
-        assert json.load(open(lock_path(model)))["pid"] == os.getpid()
+        assert json.load(open(RunFiles(model).lock))["pid"] == os.getpid()
     assert "removing the stale lock" in capsys.readouterr().err
-    open(lock_path(model), "w").write("not json")
+    open(RunFiles(model).lock, "w").write("not json")
     with pytest.raises(SettingsError, match="delete .*awd.lock"):
         SaveLock(model).__enter__()
-    assert open(lock_path(model)).read() == "not json"  # left for the user to judge
+    assert open(RunFiles(model).lock).read() == "not json"  # left for the user to judge
 
 
 def test_an_unwritable_save_directory_is_refused_at_once(tmp_path):

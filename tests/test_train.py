@@ -18,11 +18,11 @@ import pytest
 import torch
 
 import checkpoint
-import devices
+import signals
 import runlog
 import train
 import trainer as trainer_module
-from optim import should_start_averaging
+from schedule import should_start_averaging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -272,12 +272,12 @@ def test_an_early_stop_after_overwrite_does_not_report_the_older_run(
     run(args)
     capsys.readouterr()
 
-    class StoppedAtOnce(devices.StopRequest):  # Ctrl-C before the first batch
+    class StoppedAtOnce(signals.StopRequest):  # Ctrl-C before the first batch
         def __enter__(self):
             self.requested = True
             return super().__enter__()
 
-    monkeypatch.setattr(devices, "StopRequest", StoppedAtOnce)
+    monkeypatch.setattr(signals, "StopRequest", StoppedAtOnce)
     run(args + ["--overwrite", "--seed", "4"])
     out = capsys.readouterr().out
     assert "no epoch has finished yet" in out and "test ppl" not in out
@@ -617,15 +617,6 @@ def test_a_large_model_on_a_cpu_points_to_the_first_run(random_text, tmp_path, t
     assert "training anyway" in out and train.FIRST_RUN in out
 
 
-def test_sigterm_and_ctrl_c_say_what_a_second_one_does(capsys):
-    for signum, again in ((signal.SIGINT, "(Ctrl-C again aborts"),
-                          (signal.SIGTERM, "(another signal or a Ctrl-C aborts"),
-                          (signal.SIGHUP, "(another signal or a Ctrl-C aborts")):
-        request = devices.StopRequest()
-        request.handle(signum, None)
-        assert again in capsys.readouterr().out and request.requested
-
-
 def test_a_resume_says_where_in_the_epoch_it_continues(random_text, tmp_path, tiny, capsys,
                                                        monkeypatch):
     original = train.Trainer.train_epoch
@@ -790,7 +781,7 @@ def test_a_hang_up_saves_the_epoch_in_progress(tmp_path, tiny, make_corpus):
 def test_a_process_started_again_by_torchrun_continues_its_run(random_text, tmp_path, tiny,
                                                                monkeypatch, capsys):
     """What torchrun --max-restarts does after a lost process, on one process: the same
-    command again, with TORCHELASTIC_RESTART_COUNT set (tests/test_devices.py runs it
+    command again, with TORCHELASTIC_RESTART_COUNT set (tests/test_distributed.py runs it
     under torchrun itself)."""
     args = tiny["awd"] + ["--data", random_text, "--epochs", "2", "--max-batches", "20",
                           "--save", tmp_path / "m.pt"]

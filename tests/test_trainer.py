@@ -11,7 +11,7 @@ import checkpoint
 import trainer as trainer_module
 from data import Corpus
 from settings import defaults
-from devices import StopRequest
+from signals import StopRequest
 from trainer import Trainer
 
 
@@ -108,19 +108,6 @@ def test_the_objective_adds_ar_and_tar_to_the_cross_entropy():
     assert torch.isclose(penalty, by_hand) and torch.isclose(loss, model.loss(out, targets))
 
 
-def test_the_pace_is_read_over_the_latest_batches_that_span_the_window():
-    """A budget run judges whether it is behind by its recent pace: over the latest batches
-    that span the window asked for (long early in a run, short near its deadline), never
-    the first batch alone, and not at all before the record spans the window."""
-    ends = [0.0, 1.0, 2.0, 3.0, 13.0, 23.0]  # ten times slower from the fifth batch
-    assert trainer_module.recent_pace(ends, 15.0) == 10.0  # from 3.0: the slow batches alone
-    assert trainer_module.recent_pace(ends, 23.0) == 23.0 / 5  # all after the first batch
-    assert trainer_module.recent_pace(ends, 0.0) == 10.0  # two batches at least
-    assert trainer_module.recent_pace(ends, 24.0) is None  # not that long yet
-    assert trainer_module.recent_pace([0.0, 1.0], 0.0) is None
-    assert trainer_module.recent_pace([], 0.0) is None
-
-
 def test_a_plan_re_fitted_within_an_epoch_ends_the_epoch_there_at_the_cycles_end(
         repeating, tmp_path, monkeypatch):
     """Each step takes 100 ms where 1 ms was planned, and the deadline leaves time for about
@@ -129,8 +116,8 @@ def test_a_plan_re_fitted_within_an_epoch_ends_the_epoch_there_at_the_cycles_end
     trainer = tiny_trainer(repeating, tmp_path, schedule="1cycle", optimizer="adam",
                            lr=0.005, variable_bptt=False)
     planned = trainer.steps_per_epoch()
-    trainer.set_plan(budget.fixed_plan(1, planned, 0.75, budget_s=60.0, train_deadline_s=0.0,
-                                       step_s=0.001))
+    trainer.set_plan(budget.Plan(budget.fixed_plan(1, planned, 0.75, budget_s=60.0,
+                                                   train_deadline_s=0.0, step_s=0.001)))
     original = Trainer.after_step
 
     def slow(self):
@@ -141,11 +128,11 @@ def test_a_plan_re_fitted_within_an_epoch_ends_the_epoch_there_at_the_cycles_end
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # (see test_budget.py: the other core may be busy)
     try:
-        trainer.deadline = time.time() + 1.0
+        trainer.plan.deadline = time.time() + 1.0
         with StopRequest() as stop:
             trainer.train_epoch(stop, max_batches=None, log_interval=50)
     finally:
         torch.set_num_threads(threads)
-    assert planned == 17 and trainer.replanned and not trainer.out_of_time
-    assert trainer.steps == trainer.plan["total_steps"] < planned
-    assert trainer.scheduler.last_epoch == planned - 1
+    assert planned == 17 and trainer.plan.replanned and not trainer.out_of_time
+    assert trainer.steps == trainer.plan.layout["total_steps"] < planned
+    assert trainer.schedule.scheduler.last_epoch == planned - 1
