@@ -315,17 +315,17 @@ class Trainer:
         if state["averaged"] is not None:
             self.averaged = RunningAverage(self.model)
             self.averaged.load_state_dict(state["averaged"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("plan") is not None:  # (its epochs stay the settings', which a resume
+            self.plan = Plan(state["plan"])  # may change: fit_plan_to_epochs)
+            if self.schedule.planned:  # before the optimizer's state, which then replaces
+                self.schedule.fit(self.plan.schedule_steps)  # the lr and betas a torch
+        self.optimizer.load_state_dict(state["optimizer"])  # scheduler's construction writes
+        self.schedule.load_state_dict(dict(lr=state["lr"], scheduler=state.get("scheduler")))
         self.epoch, self.valid_history = state["epoch"], state["valid_history"]
         self.best_valid_loss, self.metrics, self.done = (state["best_valid_loss"],
                                                          state["metrics"], state["done"])
         self.steps = state.get("steps", 0)  # (states written before these existed lack them)
         self.provenance = list(state.get("provenance", []))
-        if state.get("plan") is not None:  # (its epochs stay the settings', which a resume
-            self.plan = Plan(state["plan"])  # may change: fit_plan_to_epochs)
-            if self.schedule.planned:
-                self.schedule.fit(self.plan.schedule_steps)
-        self.schedule.load_state_dict(dict(lr=state["lr"], scheduler=state.get("scheduler")))
         self.resumed = True
         if state["position"] is not None:  # the whole batch's state: this process's columns
             columns = self.group.columns(self.s["batch_size"])

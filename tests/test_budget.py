@@ -5,6 +5,7 @@ import json
 import math
 import time
 
+import pytest
 import torch
 
 import budget
@@ -100,9 +101,16 @@ def csv_rows(path):
     return runlog.read_metrics(path)
 
 
-def test_a_onecycle_run_stopped_mid_epoch_resumes_exactly(repeating, tmp_path, monkeypatch, tiny):
-    common = tiny["awd"] + ["--data", repeating, "--schedule", "onecycle", "--epochs", "4",
-                            "--variable-bptt"]
+@pytest.mark.parametrize("schedule", [
+    ["--schedule", "onecycle"],
+    # Adam's beta1 cycles against the lr; a resume must not start from the beta1 that
+    # constructing the schedule writes (0.95 for onecycle, 0.8 for 1cycle)
+    ["--schedule", "onecycle", "--optimizer", "adam", "--lr", "0.003"],
+    ["--recipe", "1cycle", "--batch_size", "4"],
+])
+def test_a_planned_run_stopped_mid_epoch_resumes_exactly(repeating, tmp_path, monkeypatch, tiny,
+                                                         schedule):
+    common = tiny["awd"] + ["--data", repeating, "--epochs", "4", "--variable-bptt"] + schedule
     train.main(common + ["--save", str(tmp_path / "straight.pt")])
     original, calls = trainer_module.Trainer.train_epoch, []
 
@@ -120,9 +128,11 @@ def test_a_onecycle_run_stopped_mid_epoch_resumes_exactly(repeating, tmp_path, m
     train.main(["--resume", str(tmp_path / "split.state.pt")])
     a = checkpoint.load(str(tmp_path / "straight.state.pt"), kind="state")
     b = checkpoint.load(str(tmp_path / "split.state.pt"), kind="state")
+    assert (a["averaged"] is None) == (b["averaged"] is None)
     for key in ("model", "averaged"):
-        for name in a[key]:
+        for name in a[key] or {}:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]  # lr and betas
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
 
 

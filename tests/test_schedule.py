@@ -71,6 +71,31 @@ def test_nt_asgd_trigger(history, valid_loss, fires):
     assert should_start_averaging(history, valid_loss, nonmono=3) is fires
 
 
+@pytest.mark.parametrize("name", ["onecycle", "1cycle"])
+def test_a_planned_schedule_resumes_where_it_stood(name):
+    """Steps taken, saved, and loaded as a resume loads them (Trainer.load_state_dict: the
+    schedule fitted to the plan first, then the optimizer's state and the schedule's): the
+    two go on with the same lr and betas from the first step on."""
+    adam = dict(optimizer="adam", lr=5e-3)
+    first, first_optimizer = schedule_of(name, **adam)
+    first.fit(40)
+    for step in range(1, 13):
+        first_optimizer.step()  # (no gradients: the weights stay; torch counts the step)
+        first.after_step(step)
+    second, second_optimizer = schedule_of(name, **adam)
+    second.fit(40)  # (constructing a torch scheduler writes the optimizer's lr and betas)
+    second_optimizer.load_state_dict(first_optimizer.state_dict())
+    second.load_state_dict(first.state_dict())
+    for step in range(13, 40):
+        assert second.lr(10) == first.lr(10)
+        assert second_optimizer.param_groups[0]["betas"] == \
+            first_optimizer.param_groups[0]["betas"]
+        for optimizer, planned in ((first_optimizer, first), (second_optimizer, second)):
+            optimizer.step()
+            planned.after_step(step)
+    assert first.current() == pytest.approx(second.current())
+
+
 def test_the_1cycle_lr_follows_gugger_and_howards_four_phases():
     total = 900  # 90 "epochs" of 10 steps: phases end at steps 75, 450, 825 and 900
     factor = [one_cycle_factor(step, total) for step in range(total + 1)]
