@@ -168,14 +168,9 @@ def set_up(args, stack, group, device, command):
     continue_after_restart(args)
     source = args.resume or args.finetune
     loaded = checkpoint.load(source, kind="state" if args.resume else "model") if source else None
-    if args.resume:
-        settings = resumed_settings(args, loaded["args"])
-    elif args.finetune:
-        settings = finetune_settings(args, loaded["args"])
-    else:
-        settings = fresh_settings(args)
-    files = RunFiles(settings["save"])
-    model_path, state_file = files.model, files.state
+    settings = (resumed_settings(args, loaded["args"]) if args.resume else
+                finetune_settings(args, loaded["args"]) if args.finetune else fresh_settings(args))
+    model_path, state_file = settings["save"], RunFiles(settings["save"]).state
     if group.main:  # the one process that writes
         if os.path.isdir(model_path):
             raise SettingsError(f"--save {model_path} is a directory; give the path of the "
@@ -206,7 +201,10 @@ def set_up(args, stack, group, device, command):
     if args.resume:
         try:
             trainer.load_state(loaded)
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        except KeyError as e:  # (Trainer.load_state_dict reads the parts it needs)
+            raise CheckpointError(f"{args.resume} lacks {e.args[0]}: it was changed after "
+                                  "train.py wrote it, or is damaged") from None
+        except (TypeError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{args.resume} cannot be resumed: part of its training "
                                   f"state does not fit ({checkpoint.one_line(e)})") from None
     trainer.provenance.append(checkpoint.provenance_record(

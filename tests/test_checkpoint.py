@@ -163,6 +163,20 @@ def test_a_checkpoint_edited_by_hand_is_one_clean_error_everywhere(trained, tmp_
     assert sorted(os.listdir(tmp_path)) == [source.name]  # nothing else written
 
 
+@pytest.mark.parametrize("part", ["optimizer", "rng", "valid_history"])
+def test_a_training_state_without_one_of_its_parts_is_refused_in_one_line(trained, tmp_path,
+                                                                          part):
+    state = torch.load(RunFiles(trained["awd"]).state, weights_only=True)
+    del state[part]
+    state["args"]["save"] = str(tmp_path / "awd.pt")
+    path = str(tmp_path / "awd.state.pt")
+    checkpoint.save(path, state)
+    message = run_entry_point("resume", path, str(tmp_path))
+    assert message == f"error: {path} lacks {part}: it was changed after train.py wrote it, " \
+        "or is damaged"
+    assert sorted(os.listdir(tmp_path)) == ["awd.state.pt"]  # nothing else written
+
+
 # --- Provenance -------------------------------------------------------------------------------
 
 def corpus_in(make_corpus, test_text="c d\n"):
