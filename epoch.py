@@ -35,36 +35,36 @@ class Position:
 
 
 class EpochSums:
-    """An epoch's running sums as it trains: this process's loss sum (on the device: no
-    sync per step) and tokens, those of all processes as of the last sync point, and those
-    at the last divergence check. The main process's own sums start with the epoch's before
-    a resume, so that adding up the processes counts them once."""
+    """An epoch's running sums as it trains: this process's own loss sum (on the device: no
+    sync per step) and tokens, those of all processes as agreed at the last sync point, and
+    those at the last divergence check. The main process's own sums start with the epoch's
+    before a resume, so that adding up the processes counts them once."""
 
     def __init__(self, position, group, device):
-        self.total, self.all_tokens = position.loss_sum, position.tokens
-        self.loss_sum = torch.tensor(self.total if group.main else 0.0, dtype=torch.float64,
-                                     device=device)
-        self.tokens = self.all_tokens if group.main else 0
+        self.loss_sum, self.tokens = position.loss_sum, position.tokens  # (all processes')
+        self.own_loss_sum = torch.tensor(self.loss_sum if group.main else 0.0,
+                                         dtype=torch.float64, device=device)
+        self.own_tokens = self.tokens if group.main else 0
         self.batches = position.batches
         self.started = time.time() - position.seconds
-        self.checked = (self.total, self.all_tokens, self.batches)
+        self.checked = (self.loss_sum, self.tokens, self.batches)
 
     def add(self, loss, tokens):
-        self.loss_sum += loss.double() * tokens
-        self.tokens += tokens
+        self.own_loss_sum += loss.double() * tokens
+        self.own_tokens += tokens
         self.batches += 1
 
     def agreed(self, report):
         """Take the sums that the processes agreed on; returns the mean loss since the last
         check (and the batches it spans), which becomes the next check's start."""
-        self.total, self.all_tokens = report.loss_sum, report.tokens
+        self.loss_sum, self.tokens = report.loss_sum, report.tokens
         checked_sum, checked_tokens, checked_batches = self.checked
-        self.checked = (self.total, self.all_tokens, self.batches)
-        return (self.total - checked_sum) / (self.all_tokens - checked_tokens), checked_batches
+        self.checked = (self.loss_sum, self.tokens, self.batches)
+        return (self.loss_sum - checked_sum) / (self.tokens - checked_tokens), checked_batches
 
     def position(self, row, hidden, group):
-        return Position(index=row, batches=self.batches, loss_sum=self.total,
-                        tokens=self.all_tokens, seconds=time.time() - self.started,
+        return Position(index=row, batches=self.batches, loss_sum=self.loss_sum,
+                        tokens=self.tokens, seconds=time.time() - self.started,
                         hidden=map_hidden(lambda h: group.gather_columns(h.detach().float()),
                                           hidden))
 
@@ -112,7 +112,7 @@ class EpochLoop:
         now = time.time()
         if plan is not None:
             plan.batch_ended(now)
-        report = Report(sums.loss_sum, sums.tokens, stop=self.stop.requested,
+        report = Report(sums.own_loss_sum, sums.own_tokens, stop=self.stop.requested,
                         late=plan is not None and plan.late(now),
                         save_due=self.save_every is not None and
                         now - self.last_save >= self.save_every,
@@ -147,8 +147,8 @@ class EpochLoop:
         if t.diverged(recent):
             raise t.divergence(f"the mean training loss of batches {since + 1}-{sums.batches}",
                                recent)
-        mean_loss = sums.total / sums.all_tokens
-        tokens_per_s = sums.all_tokens / max(time.time() - sums.started, 1e-9)
+        mean_loss = sums.loss_sum / sums.tokens
+        tokens_per_s = sums.tokens / max(time.time() - sums.started, 1e-9)
         self.bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}", lr=f"{lr:g}",
                              tok_s=f"{tokens_per_s:,.0f}")
         if self.on_progress is not None:

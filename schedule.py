@@ -53,8 +53,8 @@ class Schedule:
         """Set the lr of every param group for a step on a window of `window` tokens;
         returns the schedule's lr (current)."""
         lr = self.current()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * window / self.bptt
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr * window / self.bptt
         return lr
 
     def after_step(self, position):
@@ -195,9 +195,9 @@ class OneCycleLR(torch.optim.lr_scheduler.LambdaLR):
         low, (beta1_low_lr, beta1_peak) = 1 / ONE_CYCLE["div"], ONE_CYCLE["beta1"]
         factor = max(one_cycle_factor(self.last_epoch, self.total_steps), low)
         beta1 = beta1_low_lr + (beta1_peak - beta1_low_lr) * (factor - low) / (1 - low)
-        for group in self.optimizer.param_groups:
-            if "betas" in group:
-                group["betas"] = (beta1, group["betas"][1])
+        for param_group in self.optimizer.param_groups:
+            if "betas" in param_group:
+                param_group["betas"] = (beta1, param_group["betas"][1])
 
 
 class OneCycle(PlannedSchedule):
