@@ -1,7 +1,8 @@
 """trainer.py: one training run: the step (the model's loss plus AR/TAR, backward, clipping,
-an optimizer step at the schedule's lr), the epoch loop around it, the end of an epoch
-(validation, the best checkpoint, the schedule's decisions), and the run's whole state
-(Trainer.state_dict, which a training state saves and load_state_dict continues exactly).
+an optimizer step at the schedule's lr), the epoch that runs it window after window (what
+surrounds the step there lives in epoch.py), the end of an epoch (validation, the best
+checkpoint, the schedule's decision), and the run's whole state (Trainer.state_dict,
+which a training state saves and load_state_dict continues exactly).
 
 train.py builds a Trainer from the run's settings and calls train_epoch and end_epoch for
 each epoch. Under torchrun every process holds a Trainer of its own columns of the batch
@@ -315,11 +316,14 @@ class Trainer:
         if state["averaged"] is not None:
             self.averaged = RunningAverage(self.model)
             self.averaged.load_state_dict(state["averaged"])
-        if state.get("plan") is not None:  # (its epochs stay the settings', which a resume
-            self.plan = Plan(state["plan"])  # may change: fit_plan_to_epochs)
-            if self.schedule.planned:  # before the optimizer's state, which then replaces
-                self.schedule.fit(self.plan.schedule_steps)  # the lr and betas a torch
-        self.optimizer.load_state_dict(state["optimizer"])  # scheduler's construction writes
+        if state.get("plan") is not None:
+            # The plan (its epochs stay the settings', which a resume may change:
+            # fit_plan_to_epochs) and the schedule over it come first: constructing a torch
+            # scheduler writes an lr and betas, which the optimizer's state then replaces.
+            self.plan = Plan(state["plan"])
+            if self.schedule.planned:
+                self.schedule.fit(self.plan.schedule_steps)
+        self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(dict(lr=state["lr"], scheduler=state.get("scheduler")))
         self.epoch, self.valid_history = state["epoch"], state["valid_history"]
         self.best_valid_loss, self.metrics, self.done = (state["best_valid_loss"],
