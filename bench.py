@@ -42,8 +42,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import distributed
 from budget import synchronize
 from data import Corpus, CorpusError, batchify, windows
-from devices import (PRECISIONS, check_bf16, describe_device, out_of_memory,
-                     set_precision)
+from devices import (PRECISIONS, check_bf16, describe_device, keep_freed_memory,
+                     out_of_memory, set_precision)
 from model import CLUSTER_SHRINK, build_model, count_parameters, model_config
 from settings import (COUNT, DEFAULT_DATA, Parser, SettingsError, ShowDefaults, checked,
                       cutoff_list, defaults)
@@ -232,6 +232,7 @@ def main(argv=None):
             stack.enter_context(distributed.only_main_prints())
             args = p.parse_args(argv)
             group, device = stack.enter_context(distributed.start(args.device))
+            keep_freed_memory(device)
             run(args, group, device)
     except (CorpusError, SettingsError) as e:
         sys.exit(f"error: {e}" if rank == 0 else 1)

@@ -30,7 +30,7 @@ import checkpoint
 from checkpoint import CheckpointError
 from data import (Corpus, CorpusError, batchify, check_batch_size, mean_nll, scored_targets,
                   windows)
-from devices import PRECISIONS, pick_device, set_precision
+from devices import PRECISIONS, keep_freed_memory, pick_device, set_precision
 from model import build_model, detach_hidden, without_dropout
 from settings import (COUNT, DEFAULT_DATA, FRACTION, NON_NEGATIVE, POSITIVE, Parser,
                       SettingsError, ShowDefaults)
@@ -316,6 +316,7 @@ def run(args):
         print("\n".join(checkpoint.describe(args.checkpoint)))
         return
     device = pick_device(args.device)
+    keep_freed_memory(device)
     model, _, saved = checkpoint.load_model(args.checkpoint, device)
     set_precision(args.precision or checkpoint.precision(saved), device, training=False)
     corpus = Corpus(args.data or saved["args"].get("data") or DEFAULT_DATA)

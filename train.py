@@ -35,7 +35,8 @@ import distributed
 import signals
 from checkpoint import CheckpointError
 from data import Corpus, CorpusError, check_batch_size, mean_nll, mean_seq_len
-from devices import check_bf16, describe_device, out_of_memory, set_precision
+from devices import (check_bf16, describe_device, keep_freed_memory, out_of_memory,
+                     set_precision)
 from distributed import SYNC_SECONDS
 from runfiles import RunFiles
 from runlog import RunLog, SaveLock
@@ -377,6 +378,7 @@ def main(argv=None):
             stack.enter_context(distributed.only_main_prints())
             args = parse_args(argv)
             group, device = stack.enter_context(distributed.start(args.device))
+            keep_freed_memory(device)  # (on the CPU: large tensors without page faults)
             train(args, stack, group, device, argv)
     except (CorpusError, CheckpointError, SettingsError, TrainingError) as e:
         sys.exit(f"error: {e}" if rank == 0 else 1)  # every process has it: said once
