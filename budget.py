@@ -8,8 +8,9 @@ writes. `plan` then fixes the number of epochs whose training and validation fit
 the test and a safety margin, and the step from which the weights are averaged. The plan is
 printed and kept in the training state.
 
-If the run falls behind its plan anyway (a slower machine, a busy GPU), the trainer
-re-fits the rest of it at its next sync point (`reshape`): the steps its recent pace fits,
+`Plan` holds a run's plan as it goes (the Trainer keeps one): its layout, the deadline and
+the recent pace. If the run falls behind its plan anyway (a slower machine, a busy GPU), it
+re-fits the rest at the next sync point (`reshape`): the steps its recent pace fits,
 and the rest of the lr schedule spread over them (`schedule_position`), so that a 1cycle
 run still ends annealed and a planned average still starts. A plan only ever shrinks. The
 deadline stays the last resort: there the trainer ends the epoch, so that validation, the

@@ -47,9 +47,10 @@ def keep_freed_memory(device):
     glibc serves every block over its mmap threshold (at most 32 MB: the dense gradient of
     cpu30's 33,278 x 400 embedding is 53 MB) with an mmap of its own, faulted in page by
     page and unmapped when freed, and torch keeps no cache of CPU memory: a cpu30 training
-    step took about 13,600 page faults, and 1.2x as long as with this (results/cpu-
-    allocator/). The numbers computed are the same. A process's memory then stays at its
-    peak. Returns whether it applied (not on a GPU, nor without glibc's mallopt)."""
+    step took about 13,600 page faults, and 1.2x as long as with this
+    (results/cpu-allocator/). The numbers computed are the same. A process's memory then
+    stays at its peak. Returns whether it applied (not on a GPU, nor without glibc's
+    mallopt)."""
     if device.type != "cpu":
         return False
     try:
