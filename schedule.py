@@ -40,7 +40,7 @@ class Schedule:
 
     def __init__(self, settings, optimizer):
         self.optimizer = optimizer
-        self.base_lr = settings["lr"]  # the lr before window scaling, as the epoch sets it
+        self.base_lr = settings["lr"]  # (anneal cuts it; planned schedules keep --lr here)
         self.bptt, self.nonmono = settings["bptt"], settings["nonmono"]
         self.finetuning = bool(settings["finetune"])
 
