@@ -27,7 +27,7 @@ import sys
 import numpy as np
 import torch
 
-from util import ppl, progress_bar, write_atomically
+from util import file_sha256, ppl, progress_bar, remove_stale_temporaries, write_atomically
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -83,14 +83,17 @@ def read_split(path, vocab, grow):
     unk = None if grow else lookup[UNK]
     try:
         with open(path, "rb") as f:
-            for raw in f:  # lines as bytes, so that the sha256 sees the file as it is
+            for line_number, raw in enumerate(f, 1):  # bytes, as the sha256 sees the file
                 digest.update(raw)
-                try:
-                    text = raw.decode("utf-8")
+                try:  # (a byte-order mark, as some editors save UTF-8, is not a word)
+                    text = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
                 except UnicodeDecodeError as e:
                     raise CorpusError(
                         f"{path} is not UTF-8 text (invalid byte at offset {offset + e.start}); "
                         "expected a tokenized corpus with one sentence per line") from None
+                if "\0" in text:
+                    raise CorpusError(f"{path}, line {line_number}: NUL bytes (binary data, "
+                                      "not text); expected one tokenized sentence per line")
                 offset += len(raw)
                 for line in text.splitlines():  # as str.splitlines splits the whole text
                     words = line.split()
@@ -129,20 +132,11 @@ def split_paths(path):
         "nor {train,valid,test}.txt")
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # A corpus whose training file is at least this large (WikiText-103's is 540 MB) is kept,
 # once read, as token ids in <corpus>/.corpus-cache.pt; a later read checks the files'
 # sha256 against it and loads the ids instead of tokenizing again.
 CACHE_MIN_BYTES = 64 * 2**20
-CACHE_NAME = ".corpus-cache.pt"
-CACHE_VERSION = 2  # (2: with the checksum of its token ids)
+CACHE_NAME, CACHE_VERSION = ".corpus-cache.pt", 2  # (2: with the checksum of its token ids)
 
 
 class Corpus:
@@ -202,6 +196,7 @@ class Corpus:
 
     def save_cache(self):
         cache = os.path.join(self.path, CACHE_NAME)
+        remove_stale_temporaries(cache)
         contents = dict(version=CACHE_VERSION, sha256=self.sha256,
                         vocab=self.dictionary.idx2word, train=self.train, valid=self.valid,
                         test=self.test, unk_replaced=self.unk_replaced,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from checkpoint import describe_provenance
 from runfiles import RunFiles
 from settings import SettingsError
-from util import TMP_SUFFIX, duration, plural, size_in_words, write_atomically
+from util import TMP_SUFFIX, duration, plural, process_exists, size_in_words, write_atomically
 
 # "event" says in words what "saved" (the best model so far), "switched" (NT-ASGD began
 # averaging) and "out_of_time" (a budget ended the epoch early) say as "yes" or "".
@@ -47,7 +47,7 @@ def read_metrics(path, with_lines=False):
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # (a byte-order mark, as spreadsheets save)
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise MetricsError(f"{path}, line {line}: not text (a byte that is not UTF-8): the "
@@ -150,16 +150,6 @@ class SaveLock:
                 print(f"note: could not remove the lock {self.path} ({e.strerror}); the next "
                       "run on this --save path replaces it", file=sys.stderr)
         self.held = False
-
-
-def process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
 
 
 def open_tensorboard(log_dir):

@@ -1,9 +1,11 @@
 """util.py: small helpers that every part of the project uses and that import nothing from
-it: atomic file writes, perplexity, progress bars, and the words of messages (counts,
-sizes, durations)."""
+it: atomic file writes (and removing what killed ones left), file hashes, perplexity,
+progress bars, and the words of messages (counts, sizes, durations)."""
 
+import hashlib
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -47,12 +49,50 @@ def write_atomically(path, content):
         remove_quietly(tmp)
 
 
+def remove_stale_temporaries(path):
+    """Remove what writes of `path` by processes that no longer run left beside it
+    (<path>.tmp<pid>, util.write_atomically's: a process killed while it wrote), saying so:
+    a large corpus's cache weighs about 8 bytes per token."""
+    directory, name = os.path.split(path)
+    pattern = re.compile(re.escape(name + TMP_SUFFIX) + r"(\d+)$")
+    stale = [entry for entry in os.listdir(directory)
+             if (m := pattern.match(entry)) and not process_exists(int(m.group(1)))]
+    for entry in stale:
+        try:
+            os.remove(os.path.join(directory, entry))
+        except OSError:  # (gone meanwhile, or not ours to remove)
+            pass
+    if stale:
+        print(f"removed {plural(len(stale), 'temporary file')} that interrupted writes of "
+              f"{path} left: {', '.join(stale)}", file=sys.stderr)
+
+
+def file_sha256(path):
+    """The sha256 of the file at `path`, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def remove_quietly(path):
     """Remove the file `path` if it is there and may be removed; say nothing otherwise."""
     try:
         os.remove(path)
     except OSError:  # (renamed, never made, or a read-only directory)
         pass
+
+
+def process_exists(pid):
+    """Whether a process `pid` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def size_in_words(n_bytes):

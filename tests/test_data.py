@@ -12,6 +12,7 @@ import data
 from data import (EOS, UNK, Corpus, CorpusError, Vocabulary, batchify, detokenize,
                   get_batch, mean_nll, sample_seq_len, scored_targets, tokenize, windows)
 from model import build_model
+from util import process_exists
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIKITEXT2 = os.path.join(REPO, "data", "wikitext-2")
@@ -268,3 +269,39 @@ def test_mean_nll_is_exact_over_every_target(random_text):
     by_hand = -torch.log_softmax(out.logits[:, 0], -1)[torch.arange(len(data) - 1),
                                                         data[1:]].mean().item()
     assert math.isclose(mean_nll(model, data, 1, 7), by_hand, rel_tol=1e-5)
+
+
+# --- Files saved by other tools (docs/faults.md) ------------------------------------------
+
+def test_a_byte_order_mark_is_not_a_word(make_corpus):
+    """Some editors save UTF-8 with a byte-order mark; the first word is still itself."""
+    corpus = Corpus(make_corpus("\ufeffa b a\nb a\n", "\ufeffa b\n", "a\n"))
+    assert corpus.dictionary.idx2word == ["a", "b", EOS, UNK]
+    assert corpus.unk_replaced == {"valid": 0, "test": 0}
+
+
+def test_nul_bytes_are_refused_naming_the_file_and_line(make_corpus):
+    path = make_corpus("a b\nc d\n", "a b\n", "a\n")
+    with open(os.path.join(path, "train.txt"), "ab") as f:
+        f.write(b"e f\n" + b"\0" * 64 + b"\n")
+    with pytest.raises(CorpusError, match=r"train\.txt, line 4: NUL bytes"):
+        Corpus(path)
+
+
+def a_pid_that_does_not_run():
+    pid = 4_000_000
+    while process_exists(pid):
+        pid += 1
+    return pid
+
+
+def test_a_cache_write_killed_midway_leaves_no_temporary_behind(make_corpus, capsys):
+    path = make_corpus("a b\nc d\n", "a b\n", "a\n")
+    dead = os.path.join(path, f"{data.CACHE_NAME}.tmp{a_pid_that_does_not_run()}")
+    alive = os.path.join(path, f"{data.CACHE_NAME}.tmp{os.getppid()}")  # (a write going on)
+    for temporary in (dead, alive):
+        open(temporary, "wb").write(b"\0" * 1000)
+    Corpus(path, cache_min_bytes=0)
+    assert not os.path.exists(dead) and os.path.exists(alive)
+    assert "removed 1 temporary file" in capsys.readouterr().err
+    assert os.path.exists(os.path.join(path, data.CACHE_NAME))

@@ -197,3 +197,10 @@ def test_a_damaged_metrics_csv_names_the_file_and_the_line(tmp_path, damage, fra
     with pytest.raises(MetricsError) as error:
         read_metrics(log.path)
     assert str(error.value).startswith(f"{log.path}, {fragment}")
+
+
+def test_a_metrics_csv_saved_with_a_byte_order_mark_reads_alike(tmp_path):
+    """A spreadsheet that re-saves the CSV may put a byte-order mark before its header."""
+    path = tmp_path / "awd.csv"
+    path.write_bytes(b"\xef\xbb\xbf# started 2026-12-03\nepoch,valid_ppl\n1,50.5\n")
+    assert read_metrics(str(path)) == [{"epoch": "1", "valid_ppl": "50.5"}]
