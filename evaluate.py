@@ -30,7 +30,7 @@ import checkpoint
 from checkpoint import CheckpointError
 from data import (Corpus, CorpusError, batchify, check_batch_size, mean_nll, scored_targets,
                   windows)
-from devices import PRECISIONS, keep_freed_memory, pick_device, set_precision
+from devices import PRECISIONS, keep_freed_memory, out_of_memory, pick_device, set_precision
 from model import build_model, detach_hidden, without_dropout
 from settings import (COUNT, DEFAULT_DATA, FRACTION, NON_NEGATIVE, POSITIVE, Parser,
                       SettingsError, ShowDefaults)
@@ -376,6 +376,13 @@ def main(argv=None):
         run(args)
     except (CheckpointError, CorpusError, SettingsError) as e:
         sys.exit(f"error: {e}")
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not out_of_memory(e):
+            raise
+        sys.exit(f"error: out of memory ({checkpoint.one_line(e)[:120]}); lower --bptt (now "
+                 f"{args.bptt}) or --batch_size (now {args.batch_size})"
+                 + (f" or --window (now {args.window})" if args.cache else "")
+                 + "; evaluate.py writes nothing")
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was written (evaluate.py only reads the checkpoint)",
               file=sys.stderr)

@@ -1,7 +1,8 @@
 """settings.py: every setting of a training run, declared once (SETTINGS), and what is made
 from that table: train.py's flags and their help, each model's defaults, the recipes on top
 of them, the settings of a fresh, resumed or fine-tuned run, and the command that resumes
-one. Also the flag types that check values, and the error for settings that make no run.
+one. Also the flag types that check values, whether a run's settings fit its corpus and
+device, and the error for settings that make no run.
 
 A new hyperparameter is one entry of SETTINGS; the run's code reads it as settings[name],
 checkpoints save it, and runs saved before it existed resume with its default.
@@ -16,6 +17,9 @@ import sys
 import zipfile
 from dataclasses import dataclass
 
+import torch
+
+from data import check_batch_size, mean_seq_len
 from model import CLUSTER_SHRINK
 from schedule import SCHEDULES
 
@@ -190,7 +194,7 @@ SETTINGS = (
     S("budget_minutes", POSITIVE, None, "finish training, validation and the test within this "
       "wall time: the run measures its speed and plans the epochs that fit"),
     S("eval_batch_size", COUNT, 10, "validation batch size"),
-    S("test_batch_size", COUNT, 1, "test batch size"),
+    S("test_batch_size", COUNT, 1, "test batch size", resumable=True),
     S("seed", SEED, {"awd": 1882, "lstm": 1111}, "random seed"),
     S("precision", ("torch", "fp32", "tf32", "bf16"), "torch", "torch: PyTorch's defaults "
       "(float32; cuDNN's LSTMs may use TensorFloat-32); fp32: IEEE float32; tf32: "
@@ -278,6 +282,46 @@ def given(args):
     """The settings given on the command line (run options aside): name -> value."""
     return {s.name: getattr(args, s.name) for s in SETTINGS
             if s.part != RUN and getattr(args, s.name) is not None}
+
+
+# --- Whether a run fits its corpus and device ---------------------------------------------
+
+def check_corpus_fits(s, corpus, device, group):
+    """What can be known before the first batch: every split is long enough for its batch
+    size, the batch splits evenly over torchrun's processes, this process's largest window
+    fits in the device's free memory, and what variable BPTT makes of --bptt."""
+    if s["batch_size"] % group.size:
+        raise SettingsError(
+            f"--batch_size {s['batch_size']} does not split evenly over {group.size} "
+            "processes (each trains an equal share of a batch's columns); give a multiple "
+            f"of {group.size}")
+    for split, flag, batch in (("train", "--batch_size", s["batch_size"]),
+                               ("valid", "--eval-batch-size", s["eval_batch_size"]),
+                               ("test", "--test-batch-size", s["test_batch_size"])):
+        check_batch_size(corpus, split, batch, flag)
+    words, cutoffs = len(corpus.dictionary), s["cutoffs"]
+    if cutoffs and cutoffs[-1] >= words:
+        raise SettingsError(f"--cutoffs must stay below the vocabulary's {words:,} words (got "
+                            f"{','.join(map(str, cutoffs))})")
+    longest = s["bptt"] + (15 if s["variable_bptt"] else 0)  # 3 sd above the mean
+    outputs = cutoffs[0] + len(cutoffs) if cutoffs else words  # the (adaptive) head's width
+    batch = s["batch_size"] // group.size  # this process's columns
+    # Per logit: float32 logits, their log-softmax and its gradient (12 bytes); under bf16,
+    # bfloat16 logits and their gradient, and a float32 copy for the loss (16 bytes).
+    logits = (16 if s["precision"] == "bf16" else 12) * longest * batch * outputs
+    available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else
+                 os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if logits > available:
+        raise SettingsError(
+            f"a training window of --bptt {s['bptt']} x {batch} columns over "
+            f"{outputs:,} outputs needs about {logits / 2**30:,.1f} GiB for its "
+            f"output layer alone, more than the {available / 2**30:,.1f} GiB of this "
+            f"{device.type}; lower --bptt or --batch_size")
+    if s["variable_bptt"] and abs(mean_seq_len(s["bptt"]) - s["bptt"]) > 0.1 * s["bptt"]:
+        print(f"note: variable BPTT draws window lengths around --bptt {s['bptt']} but never "
+              f"below 5 (AWD-LSTM's rule), so windows average "
+              f"{mean_seq_len(s['bptt']):.1f} tokens; --no-variable-bptt keeps them at "
+              f"{s['bptt']}")
 
 
 # --- A run's settings ---------------------------------------------------------------------

@@ -21,27 +21,26 @@ settings.py.
 The file reads top to bottom: the run (set-up, the epoch loop, the end), then its parts.
 """
 
+import argparse
 import contextlib
 import os
 import shlex
 import sys
 import time
 
-import torch
-
 import budget
 import checkpoint
 import distributed
 import signals
 from checkpoint import CheckpointError
-from data import Corpus, CorpusError, check_batch_size, mean_nll, mean_seq_len
+from data import Corpus, CorpusError, mean_nll
 from devices import (check_bf16, describe_device, keep_freed_memory, out_of_memory,
                      set_precision)
 from distributed import SYNC_SECONDS
 from runfiles import RunFiles
 from runlog import RunLog, SaveLock
-from settings import (Parser, SettingsError, add_flags, finetune_settings, fresh_settings,
-                      resume_command, resumed_settings)
+from settings import (Parser, SettingsError, add_flags, check_corpus_fits, finetune_settings,
+                      fresh_settings, resume_command, resumed_settings)
 from trainer import Trainer, TrainingError
 from util import WriteFailed, listing, plural, ppl
 
@@ -88,9 +87,13 @@ def train(args, stack, group, device, argv):
         say_why_it_ended(trainer, args, stopped)
         try:
             test_loss = test_best_model(trainer, device)
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP in the test: said, then out
+        except (KeyboardInterrupt, MemoryError, RuntimeError) as e:  # (Ctrl-C, SIGTERM, SIGHUP)
+            if not isinstance(e, KeyboardInterrupt) and not out_of_memory(e):
+                raise
             log.finished(summarize(trainer, None, stopped=True, test_interrupted=True))
-            raise
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise TrainingError(test_out_of_memory(trainer, args, e)) from None
         log.finished(summarize(trainer, test_loss, stopped=stopped))
     except WriteFailed as e:  # a full disk, a read-only directory
         with signals.signals_ignored():
@@ -139,6 +142,21 @@ def say_why_it_ended(trainer, args, stopped):
     resume = resume_command(args, trainer.files.state, distributed.launch_command(group))
     print(f"stopped; training state saved to {trainer.files.state} (continue with: {resume}"
           f"{machines})")
+
+
+def test_out_of_memory(trainer, args, error):
+    """What to do when the final test ran out of memory: the trained files are intact."""
+    s, model, group = trainer.s, trainer.files.model, trainer.group
+    lower = ""
+    if s["test_batch_size"] > 1:  # (a resume may change it)
+        others = argparse.Namespace(**dict(vars(args), test_batch_size=None))
+        lower = (", or test at batch 1: " + resume_command(
+            others, trainer.files.state, distributed.launch_command(group))
+            + " --test-batch-size 1")
+    return (f"out of memory in the final test ({checkpoint.one_line(error)[:120]}) at "
+            f"--test-batch-size {s['test_batch_size']}; the model and the state are saved: "
+            f"test it with python evaluate.py --checkpoint {model} --bptt "
+            f"{max(s['bptt'] // 2, 2)}{lower}")
 
 
 def what_is_left(trainer, args):
@@ -256,44 +274,6 @@ def announce(trainer, args, device):
     if args.save_every:
         print(f"saving the training state to {trainer.files.state} every "
               f"{args.save_every:g} minutes within an epoch too")
-
-
-def check_corpus_fits(s, corpus, device, group):
-    """What can be known before the first batch: every split is long enough for its batch
-    size, the batch splits evenly over torchrun's processes, this process's largest window
-    fits in the device's free memory, and what variable BPTT makes of --bptt."""
-    if s["batch_size"] % group.size:
-        raise SettingsError(
-            f"--batch_size {s['batch_size']} does not split evenly over {group.size} "
-            "processes (each trains an equal share of a batch's columns); give a multiple "
-            f"of {group.size}")
-    for split, flag, batch in (("train", "--batch_size", s["batch_size"]),
-                               ("valid", "--eval-batch-size", s["eval_batch_size"]),
-                               ("test", "--test-batch-size", s["test_batch_size"])):
-        check_batch_size(corpus, split, batch, flag)
-    words, cutoffs = len(corpus.dictionary), s["cutoffs"]
-    if cutoffs and cutoffs[-1] >= words:
-        raise SettingsError(f"--cutoffs must stay below the vocabulary's {words:,} words (got "
-                            f"{','.join(map(str, cutoffs))})")
-    longest = s["bptt"] + (15 if s["variable_bptt"] else 0)  # 3 sd above the mean
-    outputs = cutoffs[0] + len(cutoffs) if cutoffs else words  # the (adaptive) head's width
-    batch = s["batch_size"] // group.size  # this process's columns
-    # Per logit: float32 logits, their log-softmax and its gradient (12 bytes); under bf16,
-    # bfloat16 logits and their gradient, and a float32 copy for the loss (16 bytes).
-    logits = (16 if s["precision"] == "bf16" else 12) * longest * batch * outputs
-    available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else
-                 os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    if logits > available:
-        raise SettingsError(
-            f"a training window of --bptt {s['bptt']} x {batch} columns over "
-            f"{outputs:,} outputs needs about {logits / 2**30:,.1f} GiB for its "
-            f"output layer alone, more than the {available / 2**30:,.1f} GiB of this "
-            f"{device.type}; lower --bptt or --batch_size")
-    if s["variable_bptt"] and abs(mean_seq_len(s["bptt"]) - s["bptt"]) > 0.1 * s["bptt"]:
-        print(f"note: variable BPTT draws window lengths around --bptt {s['bptt']} but never "
-              f"below 5 (AWD-LSTM's rule), so windows average "
-              f"{mean_seq_len(s['bptt']):.1f} tokens; --no-variable-bptt keeps them at "
-              f"{s['bptt']}")
 
 
 def plan_run(trainer, args, started):

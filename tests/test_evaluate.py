@@ -297,3 +297,15 @@ def test_the_result_lines_align_whatever_the_method(awd, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if " ppl " in line]
     assert len(lines) == 2 and lines[0].index("(") == lines[1].index("(")
     assert lines[0].endswith("plain") and "cache (W 20" in lines[1]
+
+
+def test_out_of_memory_is_one_line_that_names_the_flags_that_help(trained, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(evaluate, "mean_nll", out_of_memory)
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--checkpoint", trained["awd"], "--data", trained["data"]])
+    message = exit_.value.code
+    assert isinstance(message, str) and "\n" not in message
+    assert message.startswith("error: out of memory") and "lower --bptt (now 70)" in message

@@ -429,6 +429,31 @@ def test_running_out_of_memory_says_what_to_lower(random_text, tmp_path, monkeyp
     assert not (tmp_path / "awd.lock").exists()
 
 
+def test_out_of_memory_in_the_final_test_names_what_helps_and_a_resume_may_change_it(
+        random_text, tmp_path, monkeypatch, tiny):
+    """The final test runs at --test-batch-size: its out-of-memory message names that flag
+    and evaluate.py (not the training flags, which do not affect the test), the trained
+    files stay, and a resume with another --test-batch-size tests the model."""
+    original = train.mean_nll
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(train, "mean_nll", out_of_memory)
+    common = tiny["lstm"] + ["--data", random_text, "--epochs", "1", "--test-batch-size", "4"]
+    message = bad_run(common + ["--save", tmp_path / "m.pt"])
+    assert "out of memory in the final test" in message and "--test-batch-size" in message
+    assert f"evaluate.py --checkpoint {tmp_path / 'm.pt'}" in message
+    assert "lower --batch_size or --bptt" not in message  # (the training's flags)
+    assert json.load(open(tmp_path / "m.json"))["test_interrupted"]
+    monkeypatch.setattr(train, "mean_nll", original)
+    resume = message.split("test at batch 1: ")[1]  # the command it prints
+    assert resume.endswith("--test-batch-size 1") and resume.count("--test-batch-size") == 1
+    run(shlex.split(resume)[2:])
+    summary = json.load(open(tmp_path / "m.json"))
+    assert summary["test_ppl"] is not None and summary["test_batch_size"] == 1
+
+
 def test_an_adaptive_softmax_model_trains_evaluates_and_samples(repeating, tmp_path, capsys, tiny):
     import evaluate
     import generate
