@@ -82,6 +82,9 @@ def tensor_checksum(checkpoint):
 
 def load(path, kind=None):
     """A checkpoint of this project as a dict on the CPU; CheckpointError if it is not one."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory; give a checkpoint file in it (train.py "
+                              "writes <save>.pt and <save>.state.pt)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive

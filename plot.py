@@ -41,6 +41,9 @@ def read_run(path, label=None):
     """One run's columns (lists, one entry per epoch) and its summary, from its CSV."""
     try:
         lines, rows = read_metrics(path, with_lines=True)
+    except IsADirectoryError:
+        raise RunError(f"{path} is a directory; give a metrics CSV that train.py wrote "
+                       "(<save stem>.csv)") from None
     except OSError as e:
         raise RunError(f"cannot read {path}: {e.strerror}") from None
     except MetricsError as e:

@@ -46,6 +46,9 @@ def read_metrics(path, with_lines=False):
     MetricsError naming the file and the line."""
     with open(path, "rb") as f:
         raw = f.read()
+    if raw.startswith(b"PK\x03\x04"):  # a zip archive: torch.save's, a checkpoint
+        raise MetricsError(f"{path} is a checkpoint (or another archive), not a metrics CSV; "
+                           f"give the run's CSV, {RunFiles(path).metrics}")
     try:
         text = raw.decode("utf-8-sig")  # (a byte-order mark, as spreadsheets save)
     except UnicodeDecodeError as e:

@@ -287,14 +287,12 @@ def given(args):
 # --- Whether a run fits its corpus and device ---------------------------------------------
 
 def check_corpus_fits(s, corpus, device, group):
-    """What can be known before the first batch: every split is long enough for its batch
-    size, the batch splits evenly over torchrun's processes, this process's largest window
-    fits in the device's free memory, and what variable BPTT makes of --bptt."""
+    """Before the first batch: every split is long enough for its batch size, the batch splits
+    evenly over the processes, the largest window fits the device; what variable BPTT does."""
     if s["batch_size"] % group.size:
-        raise SettingsError(
-            f"--batch_size {s['batch_size']} does not split evenly over {group.size} "
-            "processes (each trains an equal share of a batch's columns); give a multiple "
-            f"of {group.size}")
+        raise SettingsError(f"--batch_size {s['batch_size']} does not split evenly over "
+                            f"{group.size} processes (each trains an equal share of a "
+                            f"batch's columns); give a multiple of {group.size}")
     for split, flag, batch in (("train", "--batch_size", s["batch_size"]),
                                ("valid", "--eval-batch-size", s["eval_batch_size"]),
                                ("test", "--test-batch-size", s["test_batch_size"])):
@@ -312,16 +310,14 @@ def check_corpus_fits(s, corpus, device, group):
     available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else
                  os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if logits > available:
-        raise SettingsError(
-            f"a training window of --bptt {s['bptt']} x {batch} columns over "
-            f"{outputs:,} outputs needs about {logits / 2**30:,.1f} GiB for its "
-            f"output layer alone, more than the {available / 2**30:,.1f} GiB of this "
-            f"{device.type}; lower --bptt or --batch_size")
+        raise SettingsError(f"a training window of --bptt {s['bptt']} x {batch} columns over "
+                            f"{outputs:,} outputs needs about {logits / 2**30:,.1f} GiB for "
+                            f"its output layer alone, more than the {available / 2**30:,.1f} "
+                            f"GiB of this {device.type}; lower --bptt or --batch_size")
     if s["variable_bptt"] and abs(mean_seq_len(s["bptt"]) - s["bptt"]) > 0.1 * s["bptt"]:
         print(f"note: variable BPTT draws window lengths around --bptt {s['bptt']} but never "
-              f"below 5 (AWD-LSTM's rule), so windows average "
-              f"{mean_seq_len(s['bptt']):.1f} tokens; --no-variable-bptt keeps them at "
-              f"{s['bptt']}")
+              f"below 5 (AWD-LSTM's rule), so windows average {mean_seq_len(s['bptt']):.1f} "
+              f"tokens; --no-variable-bptt keeps them at {s['bptt']}")
 
 
 # --- A run's settings ---------------------------------------------------------------------
@@ -360,6 +356,10 @@ def resumed_settings(args, saved):
     """The settings of the run a training state saved (`saved`, its settings), with the
     few a resume may change; a setting the state predates takes its default."""
     s = {**defaults(saved["model"]), **saved}
+    unknown = sorted(set(saved) - set(BY_NAME) - {"finetune"})
+    if unknown:
+        print(f"warning: {args.resume} holds settings this code does not know "
+              f"({', '.join(unknown)}: a newer version's?); resuming without them")
     if args.save and args.save != s["save"]:
         raise SettingsError(f"--save cannot change when resuming; the run keeps writing to "
                             f"{s['save']}")

@@ -210,3 +210,24 @@ def test_other_data_are_noticed_by_their_sha256(make_corpus):
     other = corpus_in(make_corpus, test_text="d c\n")
     assert "differs" in checkpoint.data_differs(entries, other, "test")
     assert checkpoint.data_differs([], other, "test") is None  # nothing recorded to compare
+
+
+# --- Files of the wrong kind (docs/faults.md) -------------------------------------------
+
+@pytest.mark.parametrize("tool", ["generate", "evaluate", "resume"])
+def test_a_directory_given_as_a_checkpoint_is_named_as_one(tmp_path, tool):
+    message = run_entry_point(tool, str(tmp_path), str(tmp_path))
+    assert message == (f"error: {tmp_path} is a directory; give a checkpoint file in it "
+                       "(train.py writes <save>.pt and <save>.state.pt)")
+
+
+def test_a_state_with_a_setting_this_code_does_not_know_resumes_with_a_warning(trained,
+                                                                               tmp_path, capsys):
+    state = torch.load(RunFiles(trained["awd"]).state, weights_only=True)
+    state["args"].update(save=str(tmp_path / "awd.pt"), label_smoothing=0.1)
+    path = str(tmp_path / "awd.state.pt")
+    checkpoint.save(path, state)
+    import train
+    train.main(["--resume", path, "--epochs", str(state["epoch"])])  # (nothing left to train)
+    assert ("holds settings this code does not know (label_smoothing: a newer version's?)"
+            in capsys.readouterr().out)

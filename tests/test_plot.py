@@ -127,3 +127,12 @@ def test_the_switch_marker_follows_the_field_whatever_the_event_says(tmp_path):
         writer.writeheader()
         writer.writerow(dict(base, epoch=1, event="switch to ASGD"))
     assert plot.read_run(str(tmp_path / "old.csv"))["switch"] == [0]
+
+
+def test_a_checkpoint_or_a_directory_given_as_a_csv_is_named_as_such(trained, tmp_path):
+    for given, fragment in ((trained["awd"], "is a checkpoint (or another archive), not a "
+                                             "metrics CSV; give the run's CSV"),
+                            (str(tmp_path), "is a directory; give a metrics CSV")):
+        with pytest.raises(SystemExit) as exit_:
+            plot.main([given, "--out", str(tmp_path / "c.png")])
+        assert fragment in exit_.value.code and "damaged" not in exit_.value.code
