@@ -260,6 +260,34 @@ def check_same_data(resume, state, corpus, data_changed):
           "both)")
 
 
+def check_not_behind(resume, state, model_path, state_path):
+    """Refuse to resume `state` (read from the file `resume`, a backup of an earlier state,
+    say) over files that a later point of the same run wrote at its --save path: the
+    resumed run would replace that newer state, its metrics rows and a better model."""
+    newer = []
+    if os.path.abspath(resume) != os.path.abspath(state_path) and os.path.exists(state_path):
+        saved = quietly(load, state_path, kind="state")
+        if saved is not None and (saved.get("steps", 0), saved["epoch"]) > (
+                state.get("steps", 0), state["epoch"]):
+            newer.append(f"{state_path} (after epoch {saved['epoch']})")
+    model = quietly(load, model_path, kind="model") if os.path.exists(model_path) else None
+    if model is not None and model["epoch"] > state["epoch"]:
+        newer.append(f"{model_path} (the best model, of epoch {model['epoch']})")
+    if newer:
+        raise CheckpointError(
+            f"{resume} stopped after epoch {state['epoch']}, but the run has gone further: "
+            f"{', '.join(newer)}; resuming would replace what it wrote since. Resume from "
+            f"{state_path}, or move the newer files away first")
+
+
+def quietly(read, *args, **kwargs):
+    """`read(*args, **kwargs)`, or None when it finds no readable checkpoint."""
+    try:
+        return read(*args, **kwargs)
+    except CheckpointError:
+        return None
+
+
 def load_model(path, device="cpu"):
     """(model in eval mode on `device`, its Vocabulary, the checkpoint dict)."""
     checkpoint = load(path, kind="model")

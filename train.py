@@ -196,6 +196,8 @@ def set_up(args, stack, group, device, command):
                                 f"model file, e.g. "
                                 f"{os.path.join(model_path, settings['model'] + '.pt')}")
         stack.enter_context(SaveLock(model_path))  # before anything at --save is touched
+        if args.resume:
+            checkpoint.check_not_behind(args.resume, loaded, model_path, state_file)
         if not args.resume and not args.overwrite:
             for path in (model_path, state_file):
                 if os.path.exists(path):

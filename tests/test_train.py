@@ -454,6 +454,22 @@ def test_out_of_memory_in_the_final_test_names_what_helps_and_a_resume_may_chang
     assert summary["test_ppl"] is not None and summary["test_batch_size"] == 1
 
 
+def test_an_older_state_is_not_resumed_over_the_runs_newer_files(random_text, tmp_path, tiny):
+    """A backup of the epoch-1 state, resumed after the run went on to epoch 3, would
+    replace the newer state, the CSV's rows and maybe a better model: refused, untouched."""
+    common = tiny["awd"] + ["--data", random_text, "--save", tmp_path / "m.pt"]
+    run(common + ["--epochs", "1"])
+    backup = tmp_path / "backup.state.pt"
+    backup.write_bytes((tmp_path / "m.state.pt").read_bytes())
+    run(["--resume", tmp_path / "m.state.pt", "--epochs", "3"])
+    files = {name: (tmp_path / name).read_bytes() for name in ("m.pt", "m.state.pt", "m.csv")}
+    message = bad_run(["--resume", backup, "--epochs", "3"])
+    assert f"{backup} stopped after epoch 1, but the run has gone further: " in message
+    assert f"{tmp_path / 'm.state.pt'} (after epoch 3)" in message
+    assert all((tmp_path / name).read_bytes() == data for name, data in files.items())
+    run(["--resume", tmp_path / "m.state.pt", "--epochs", "3"])  # the run's own: goes on
+
+
 def test_an_adaptive_softmax_model_trains_evaluates_and_samples(repeating, tmp_path, capsys, tiny):
     import evaluate
     import generate
