@@ -263,9 +263,12 @@ def check_same_data(resume, state, corpus, data_changed):
 def check_not_behind(resume, state, model_path, state_path):
     """Refuse to resume `state` (read from the file `resume`, a backup of an earlier state,
     say) over files that a later point of the same run wrote at its --save path: the
-    resumed run would replace that newer state, its metrics rows and a better model."""
+    resumed run would replace that newer state, its metrics rows and a better model. The
+    run's own state file is its latest (a best model newer than it: a failed write since)."""
+    if os.path.abspath(resume) == os.path.abspath(state_path):
+        return
     newer = []
-    if os.path.abspath(resume) != os.path.abspath(state_path) and os.path.exists(state_path):
+    if os.path.exists(state_path):
         saved = quietly(load, state_path, kind="state")
         if saved is not None and (saved.get("steps", 0), saved["epoch"]) > (
                 state.get("steps", 0), state["epoch"]):

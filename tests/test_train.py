@@ -396,6 +396,8 @@ def test_a_mid_epoch_save_resumes_like_never_stopping(random_text, tmp_path, mon
     assert state["epoch"] == 1 and 0 < state["position"]["batches"]
     assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
                         final_state(tmp_path / "every.state.pt")[0])
+    for name in ("every.pt", "every.state.pt"):  # (the run went further: moved away, or the
+        (tmp_path / name).rename(tmp_path / f"{name}.later")  # older state is refused)
     run(["--resume", middle])  # continues the run saved at every.pt
     assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
                         final_state(tmp_path / "every.state.pt")[0])
