@@ -22,7 +22,8 @@ from tqdm import tqdm
 from checkpoint import describe_provenance
 from runfiles import RunFiles
 from settings import SettingsError
-from util import TMP_SUFFIX, duration, plural, process_exists, size_in_words, write_atomically
+from util import (TMP_SUFFIX, duration, plural, process_exists, remove_quietly, size_in_words,
+                  write_atomically)
 
 # "event" says in words what "saved" (the best model so far), "switched" (NT-ASGD began
 # averaging) and "out_of_time" (a budget ended the epoch early) say as "yes" or "".
@@ -98,8 +99,12 @@ class SaveLock:
                 continue
             except OSError as e:
                 raise SettingsError(unwritable.format(e.strerror)) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            try:  # (a full disk takes the lock's name but not its contents)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except OSError as e:
+                remove_quietly(self.path)  # (an empty lock would refuse the next run)
+                raise SettingsError(unwritable.format(e.strerror)) from None
             self.held = True
             self.remove_stale_temporaries()
             return self

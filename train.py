@@ -118,6 +118,8 @@ def run_epochs(trainer, args, log):
               f"writing {trainer.files.model} whenever validation improves on it")
     when = ("after the current batch" if group.size == 1 else
             f"at the next sync point (within {SYNC_SECONDS:g} s)")
+    if trainer.resumed:  # (the state's rows: a row that a failed write lost is written now)
+        log.state_saved(trainer.metrics, trainer.provenance)
     with signals.StopRequest(when) as stop:
         stopped = group.any(stop.requested)
         while trainer.epoch < trainer.s["epochs"] and not trainer.done and not stopped:

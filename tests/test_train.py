@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import checkpoint
-import signals
 import runlog
+import signals
 import train
 import trainer as trainer_module
 from schedule import should_start_averaging
+from util import WriteFailed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -729,6 +730,33 @@ def test_a_full_disk_says_what_failed_what_is_intact_and_how_to_resume(random_te
     run(args + ["--save", tmp_path / "straight.pt"])
     assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
                         final_state(tmp_path / "later.state.pt")[0])
+
+
+def test_a_disk_full_at_the_start_or_at_the_last_metrics_row_loses_nothing(random_text, tmp_path,
+                                                                          monkeypatch, tiny):
+    args = tiny["awd"] + ["--data", random_text, "--epochs", "2", "--max-batches", "3",
+                          "--save", tmp_path / "m.pt"]
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:  # the lock, the run's first write
+        m.setattr(runlog.json, "dump", full)
+        message = bad_run(args)
+    assert "(No space left on device)" in message and os.listdir(tmp_path) == []
+    real_state_saved = runlog.RunLog.state_saved
+
+    def full_at_the_last_row(self, rows, entries):
+        if len(rows) == 2:
+            raise WriteFailed(f"cannot write {self.path} (No space left on device)")
+        real_state_saved(self, rows, entries)
+
+    with monkeypatch.context() as m:  # the same command runs; its last CSV write fails
+        m.setattr(runlog.RunLog, "state_saved", full_at_the_last_row)
+        message = bad_run(args)
+    assert len(runlog.read_metrics(str(tmp_path / "m.csv"))) == 1
+    run(shlex.split(message.split("once the cause is mended: ")[1])[2:])
+    assert [row["epoch"] for row in runlog.read_metrics(str(tmp_path / "m.csv"))] == ["1", "2"]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds paths through /proc")
