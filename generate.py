@@ -21,6 +21,7 @@ from checkpoint import CheckpointError
 from data import EOS, UNK, detokenize, tokenize
 from devices import PRECISIONS, pick_device, set_precision
 from settings import COUNT, SEED, Parser, SettingsError, ShowDefaults, check_output_file, checked
+from util import WriteFailed, write_atomically
 
 
 def filter_logits(logits, top_k=0, top_p=1.0):
@@ -139,11 +140,10 @@ def main(argv=None):
         sys.exit(130)
     text = render(tokens, args.raw)
     if args.outf:
-        try:
-            with open(args.outf, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-        except OSError as e:
-            sys.exit(f"error: cannot write --outf {args.outf} ({e.strerror})")
+        try:  # (whole or not at all: an earlier file stays as it was)
+            write_atomically(args.outf, text + "\n")
+        except WriteFailed as e:
+            sys.exit(f"error: --outf: {e}")
         print(f"wrote {args.words} sampled words to {args.outf}", file=sys.stderr)
     else:
         print(text)

@@ -12,6 +12,7 @@ summary (<stem>.json beside the CSV) when there is one. Needs matplotlib (an opt
 dependency: pip install -r requirements-dev.txt).
 """
 
+import io
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ import sys
 from settings import Parser, SettingsError, check_output_file
 from runfiles import RunFiles
 from runlog import MetricsError, read_metrics
+from util import WriteFailed, write_atomically
 
 REQUIRED = ("epoch", "seconds", "train_ppl", "valid_ppl", "lr", "event")
 
@@ -160,8 +162,10 @@ def draw(runs, out_path):
     by_epoch.legend(fontsize=8)
     by_minute.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    image = io.BytesIO()  # (written whole or not at all: util.write_atomically)
+    fig.savefig(image, dpi=110, format=os.path.splitext(out_path)[1][1:].lower())
     plt.close(fig)
+    write_atomically(out_path, image.getvalue())
 
 
 def main(argv=None):
@@ -182,7 +186,7 @@ def main(argv=None):
         runs = [read_run(path, label) for path, label in zip(args.csv, labels)]
         print("\n".join(table(runs)))
         draw(runs, args.out)
-    except (RunError, SettingsError) as e:
+    except (RunError, SettingsError, WriteFailed) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -1,5 +1,6 @@
 """Tests of generate.py on the tiny model that conftest.py trains."""
 
+import errno
 import json
 import os
 import subprocess
@@ -179,3 +180,17 @@ def test_ctrl_c_while_sampling_is_one_line_and_exit_130(lstm, monkeypatch, capsy
         generate.main(["--checkpoint", lstm])
     assert exit_.value.code == 130 and capsys.readouterr().err.strip() == (
         "interrupted; nothing was written")
+
+
+def test_a_full_disk_leaves_the_earlier_outf_as_it_was(lstm, tmp_path, monkeypatch):
+    out = tmp_path / "out.txt"
+    out.write_text("an earlier sample\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SystemExit) as exit_:
+        generate.main(["--checkpoint", lstm, "--words", "5", "--outf", str(out)])
+    assert exit_.value.code.startswith(f"error: --outf: cannot write {out} (No space left")
+    assert out.read_text() == "an earlier sample\n" and os.listdir(tmp_path) == ["out.txt"]

@@ -1,7 +1,9 @@
 """Tests of plot.py on two tiny runs trained here: a valid PNG, a table equal to the CSVs."""
 
 import csv
+import errno
 import json
+import os
 import struct
 import sys
 
@@ -136,3 +138,18 @@ def test_a_checkpoint_or_a_directory_given_as_a_csv_is_named_as_such(trained, tm
         with pytest.raises(SystemExit) as exit_:
             plot.main([given, "--out", str(tmp_path / "c.png")])
         assert fragment in exit_.value.code and "damaged" not in exit_.value.code
+
+
+def test_a_full_disk_leaves_the_earlier_image_as_it_was(runs, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "curves.png"
+    out.write_bytes(b"an earlier image")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SystemExit) as exit_:
+        plot.main(runs + ["-o", str(out)])
+    assert f"cannot write {out} (No space left on device)" in exit_.value.code
+    assert out.read_bytes() == b"an earlier image" and os.listdir(tmp_path) == ["curves.png"]
