@@ -27,7 +27,8 @@ import sys
 import numpy as np
 import torch
 
-from util import file_sha256, ppl, progress_bar, remove_stale_temporaries, write_atomically
+from util import (TMP_SUFFIX, file_sha256, ppl, progress_bar, remove_stale_temporaries,
+                  write_atomically)
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -196,7 +197,8 @@ class Corpus:
 
     def save_cache(self):
         cache = os.path.join(self.path, CACHE_NAME)
-        remove_stale_temporaries(cache)
+        remove_stale_temporaries(self.path, re.escape(CACHE_NAME + TMP_SUFFIX) + r"(\d+)$",
+                                 f"of {cache}")
         contents = dict(version=CACHE_VERSION, sha256=self.sha256,
                         vocab=self.dictionary.idx2word, train=self.train, valid=self.valid,
                         test=self.test, unk_replaced=self.unk_replaced,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from checkpoint import describe_provenance
 from runfiles import RunFiles
 from settings import SettingsError
-from util import (TMP_SUFFIX, duration, plural, process_exists, remove_quietly, size_in_words,
+from util import (TMP_SUFFIX, duration, process_exists, remove_quietly, remove_stale_temporaries,
                   write_atomically)
 
 # "event" says in words what "saved" (the best model so far), "switched" (NT-ASGD began
@@ -111,27 +111,12 @@ class SaveLock:
         raise SettingsError(f"could not take the lock {self.path}; try again")
 
     def remove_stale_temporaries(self):
-        """Remove what killed writes at this --save path left behind (<file>.tmp<pid> and
-        budget probes of processes that no longer run on this host), and say so: the
-        temporary of a training state can weigh hundreds of MB."""
-        directory = os.path.dirname(os.path.abspath(self.path))
+        """Remove what killed writes at this --save path left behind: <file>.tmp<pid> and
+        budget probes (util.remove_stale_temporaries)."""
         stem = os.path.basename(os.path.splitext(self.path)[0])
-        pattern = re.compile(re.escape(stem) + r"\..*(?:" + re.escape(TMP_SUFFIX)
-                             + r"|\.budget-probe)(\d+)$")
-        stale = [name for name in os.listdir(directory)
-                 if (m := pattern.match(name)) and not process_exists(int(m.group(1)))]
-        sizes = 0
-        for name in stale:
-            path = os.path.join(directory, name)
-            try:
-                sizes += os.path.getsize(path)
-                os.remove(path)
-            except OSError:  # (gone meanwhile, or not ours to remove)
-                pass
-        if stale:
-            print(f"removed {plural(len(stale), 'temporary file')} that interrupted writes "
-                  f"left at this --save path ({size_in_words(sizes)}): {', '.join(stale)}",
-                  file=sys.stderr)
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(self.path)),
+                                 re.escape(stem) + r"\..*(?:" + re.escape(TMP_SUFFIX)
+                                 + r"|\.budget-probe)(\d+)$", "at this --save path")
 
     def refuse_or_clear(self):
         try:

@@ -49,22 +49,25 @@ def write_atomically(path, content):
         remove_quietly(tmp)
 
 
-def remove_stale_temporaries(path):
-    """Remove what writes of `path` by processes that no longer run left beside it
-    (<path>.tmp<pid>, util.write_atomically's: a process killed while it wrote), saying so:
-    a large corpus's cache weighs about 8 bytes per token."""
-    directory, name = os.path.split(path)
-    pattern = re.compile(re.escape(name + TMP_SUFFIX) + r"(\d+)$")
-    stale = [entry for entry in os.listdir(directory)
-             if (m := pattern.match(entry)) and not process_exists(int(m.group(1)))]
-    for entry in stale:
+def remove_stale_temporaries(directory, pattern, what):
+    """Remove the files in `directory` whose names match `pattern` (a regex whose last group
+    is a pid: <file>.tmp<pid>, util.write_atomically's) and whose process no longer runs on
+    this host (killed while it wrote), and say so on stderr, with `what` they were for:
+    a training state's or a large corpus's temporary can weigh hundreds of MB."""
+    pattern = re.compile(pattern)
+    stale = [name for name in os.listdir(directory)
+             if (m := pattern.match(name)) and not process_exists(int(m.groups()[-1]))]
+    freed = 0
+    for name in stale:
+        path = os.path.join(directory, name)
         try:
-            os.remove(os.path.join(directory, entry))
+            freed += os.path.getsize(path)
+            os.remove(path)
         except OSError:  # (gone meanwhile, or not ours to remove)
             pass
     if stale:
-        print(f"removed {plural(len(stale), 'temporary file')} that interrupted writes of "
-              f"{path} left: {', '.join(stale)}", file=sys.stderr)
+        print(f"removed {plural(len(stale), 'temporary file')} that interrupted writes left "
+              f"{what} ({size_in_words(freed)}): {', '.join(stale)}", file=sys.stderr)
 
 
 def file_sha256(path):
