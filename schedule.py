@@ -42,6 +42,7 @@ class Schedule:
         self.optimizer = optimizer
         self.base_lr = settings["lr"]  # (anneal cuts it; planned schedules keep --lr here)
         self.bptt, self.nonmono = settings["bptt"], settings["nonmono"]
+        self.by_window = settings["lr_by_window"]
         self.finetuning = bool(settings["finetune"])
 
     def current(self):
@@ -50,11 +51,12 @@ class Schedule:
         return self.base_lr
 
     def lr(self, window):
-        """Set the lr of every param group for a step on a window of `window` tokens;
-        returns the schedule's lr (current)."""
+        """Set the lr of every param group for a step on a window of `window` tokens (a
+        shorter window a proportionally smaller step, as in Merity et al.'s code, unless
+        --no-lr-by-window); returns the schedule's lr (current)."""
         lr = self.current()
         for param_group in self.optimizer.param_groups:
-            param_group["lr"] = lr * window / self.bptt
+            param_group["lr"] = lr * window / self.bptt if self.by_window else lr
         return lr
 
     def after_step(self, position):

@@ -148,7 +148,7 @@ SETTINGS = (
     S("recipe", ("paper", "1cycle", "cpu30"), "paper", "paper: the model's defaults; 1cycle: "
       "Gugger and Howard's 90-epoch AWD-LSTM recipe, Adam on a 1cycle schedule (lr 5e-3, "
       "batch 100, clip 0.12, dropouts 0.4/0.2/0.6/0.1/0.5, AR/TAR 3/1.5); cpu30: the best "
-      "model 30 minutes of a 2-core CPU train (a 400-unit LSTM, adaptive softmax, SGD)"),
+      "model 30 minutes of a 2-core CPU train (a 400-unit LSTM, adaptive softmax, ASGD)"),
     S("data", str, DEFAULT_DATA, "corpus directory", resumable=True,
       shown="data/wikitext-2 beside train.py"),
     S("emsize", COUNT, {"awd": 400, "lstm": 650}, "embedding size", MODEL),
@@ -173,8 +173,8 @@ SETTINGS = (
       "fine-tuning or under a budget)", resumable=True),
     S("batch_size", COUNT, {"awd": 80, "lstm": 20}, "training batch size", flag="--batch_size"),
     S("bptt", BPTT, {"awd": 70, "lstm": 35}, "BPTT length"),
-    S("variable_bptt", bool, {"awd": True, "lstm": False}, "random BPTT length per batch, lr "
-      "scaled to match"),
+    S("variable_bptt", bool, {"awd": True, "lstm": False}, "random BPTT length per batch"),
+    S("lr_by_window", bool, True, "scale each step's lr by its window length / --bptt"),
     S("alpha", NON_NEGATIVE, {"awd": 2.0, "lstm": 0.0}, "activation regularisation (AR) "
       "weight"),
     S("beta", NON_NEGATIVE, {"awd": 1.0, "lstm": 0.0}, "temporal activation regularisation "
@@ -200,8 +200,8 @@ SETTINGS = (
       "(float32; cuDNN's LSTMs may use TensorFloat-32); fp32: IEEE float32; tf32: "
       "TensorFloat-32 matmuls and LSTMs (NVIDIA GPUs); bf16: training steps in bfloat16, "
       "loss, weights and optimizer in float32", resumable=True),
-    S("save", str, None, "best-model checkpoint path (default checkpoints/<model>.pt; "
-      "<model>-finetune.pt when fine-tuning)"),
+    S("save", str, None, "best-model checkpoint path (default checkpoints/<model>.pt, "
+      "<recipe>.pt for a --recipe, <model>-finetune.pt when fine-tuning)"),
     # Options of this command, not of the run: a resume is given them again.
     S("resume", str, None, "continue a run exactly from its training state (<save>.state.pt)",
       RUN, metavar="STATE"),
@@ -225,15 +225,15 @@ BY_NAME = {s.name: s for s in SETTINGS}
 RECIPES = {
     # Gugger and Howard (2018), "AdamW and Super-convergence is now the fastest way to
     # train neural nets" (fast.ai), code sgugger/Adam-experiments (train_rnn.py): Adam on a
-    # 1cycle schedule, 90 epochs for AWD-LSTM's 750; valid / test 68.7 / 65.5 reported.
-    # Dropouts in their order input, output, weight, embedding, hidden: 0.6/0.4/0.5/0.1/0.2.
+    # 1cycle schedule, 90 epochs for 750; valid / test 68.7 / 65.5 reported. Its loop
+    # (fastai 0.7's) takes the same lr whatever a window's length.
     "1cycle": dict(model="awd", optimizer="adam", schedule="1cycle", lr=5e-3, epochs=90,
                    batch_size=100, bptt=70, clip=0.12, wdecay=1.2e-6, alpha=3.0, beta=1.5,
-                   dropouti=0.6, dropout=0.4, wdrop=0.5, dropoute=0.1, dropouth=0.2),
-    # The README's first run: the best model that 30 minutes of a 2-core CPU train here,
-    # chosen by measurement (results/cpu30/): a one-layer 400-unit LSTM with an adaptive
-    # softmax (whose head holds the 2,000 commonest words), plain SGD at the PyTorch
-    # example's lr and batch, the weights averaged over the last quarter of the planned steps.
+                   dropouti=0.6, dropout=0.4, wdrop=0.5, dropoute=0.1, dropouth=0.2,
+                   lr_by_window=False),
+    # The README's first run: the best model 30 minutes of a 2-core CPU train here, chosen
+    # by measured pilots (results/cpu30/): a 400-unit LSTM, an adaptive softmax, SGD at the
+    # PyTorch example's lr and batch, averaged (ASGD) over the last quarter of the steps.
     "cpu30": dict(model="lstm", emsize=400, nhid=400, nlayers=1, tied=False,
                   cutoffs=[2000, 10000], dropout=0.2, batch_size=20, bptt=35, lr=20.0,
                   optimizer="sgd", schedule="ntasgd", budget_minutes=30.0, epochs=50),
@@ -348,8 +348,8 @@ def fresh_settings(args):
             f"with {len(s['cutoffs'])} --cutoffs the adaptive softmax's last cluster would "
             f"have no features (--nhid {s['nhid']} shrinks {CLUSTER_SHRINK}x per cluster); "
             "give fewer cutoffs or a larger --nhid")
-    s["save"] = s["save"] or os.path.join("checkpoints", f"{model}.pt")
-    return s
+    name = flags["recipe"] if recipe else model  # so that the README's commands never collide
+    return {**s, "save": s["save"] or os.path.join("checkpoints", f"{name}.pt")}
 
 
 def resumed_settings(args, saved):

@@ -15,6 +15,7 @@ import train
 from optim import make_optimizer
 from schedule import (FINETUNE_DONE, LR_CUT, ONE_CYCLE, SCHEDULES, START_AVERAGING, OneCycleLR,
                       PlannedSchedule, make_schedule, one_cycle_factor, should_start_averaging)
+import settings
 from settings import BY_NAME, defaults
 
 
@@ -34,6 +35,13 @@ def test_a_schedule_sets_every_groups_lr_scaled_by_the_window():
     optimizer.add_param_group(dict(params=[torch.nn.Parameter(torch.zeros(2))]))
     assert schedule.lr(5) == 30.0  # (what the progress shows: the unscaled lr)
     assert [group["lr"] for group in optimizer.param_groups] == [15.0, 15.0]
+
+
+def test_the_1cycle_recipe_takes_its_lr_whatever_the_window_as_its_authors_code_does():
+    recipe = settings.RECIPES["1cycle"]
+    schedule, optimizer = schedule_of("ntasgd", lr=5e-3, lr_by_window=recipe["lr_by_window"])
+    schedule.lr(5)
+    assert optimizer.param_groups[0]["lr"] == 5e-3
 
 
 @pytest.mark.parametrize("name, finetune, losses, decisions, lrs", [

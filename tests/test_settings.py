@@ -82,7 +82,7 @@ def test_a_fresh_run_takes_the_defaults_then_the_recipe_then_the_flags():
     s = settings.fresh_settings(args_of(["--recipe", "1cycle", "--lr", "0.01"]))
     assert s["model"] == "awd" and s["optimizer"] == "adam" and s["lr"] == 0.01
     assert s["clip"] == RECIPES["1cycle"]["clip"] and s["nonmono"] == 5
-    assert s["save"] == "checkpoints/awd.pt" and s["finetune"] is None
+    assert s["save"] == "checkpoints/1cycle.pt" and s["finetune"] is None
     assert set(s) == set(settings.defaults("awd")) | {"finetune"}
     with pytest.raises(SettingsError, match="--dropouth applies to --model awd only"):
         settings.fresh_settings(args_of(["--model", "lstm", "--dropouth", "0.1"]))

@@ -1,0 +1,148 @@
+"""The documentation's commands run as written: every ```bash block of README.md and
+docs/*.md, in order, each page in a fresh directory, at tiny shapes. Only the corpus and the
+sizes are substituted (--data, --emsize, --nhid, --batch_size, --bptt, --epochs, --cutoffs,
+--budget-minutes, --nproc_per_node); a command that collides with an earlier one (a
+checkpoint already at its --save) or names a flag that no longer exists fails here."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from settings import RECIPES
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = ["README.md"] + sorted(os.path.join("docs", name)
+                               for name in os.listdir(os.path.join(REPO, "docs"))
+                               if name.endswith(".md"))
+
+# The sizes every training command gets (replacing the page's where it gives them).
+SIZES = {"--emsize": "16", "--nhid": "16", "--batch_size": "4", "--bptt": "8", "--epochs": "1"}
+# Replaced only where a command gives them: tiny versions of what it asks for.
+WHERE_GIVEN = {"--cutoffs": "10,20", "--budget-minutes": "0.05", "--nproc_per_node": "2"}
+
+# Commands that do not run here, each with why.
+NOT_RUN = {
+    "pip install": "installs the project; .ci/run runs these installs on a bare machine",
+    "python -m pytest": "the test suite itself",
+    "HOST:": "names a second machine",
+    "scripts/gpu_check.sh results/": "needs a GPU",
+    "scripts/gpu_check.sh --smoke": "tests/test_gpu_check.py runs this very command",
+}
+
+# The checkpoints a page uses but leaves its reader to train first, and the README command
+# that trains each (a page runs on a copy of what the README's commands wrote).
+PREREQUISITES = {"docs/evaluation.md": ["checkpoints/awd.pt", "checkpoints/cpu30.pt"]}
+
+
+def commands(page):
+    """The page's shell commands in order: one per line of its bash blocks (continuation
+    lines joined, `a && b` split in two), comments dropped."""
+    text = open(os.path.join(REPO, page), encoding="utf-8").read()
+    found = []
+    for indent, body in re.findall(r"^( *)```bash\n(.*?)^\1```", text, re.M | re.S):
+        body = re.sub(r"\\\n\s*", " ", body)
+        for line in body.splitlines():
+            words = shlex.split(line, comments=True)
+            while words:
+                cut = words.index("&&") if "&&" in words else len(words)
+                found.append(words[:cut])
+                words = words[cut + 1:]
+    return found
+
+
+def reason_not_run(words):
+    line = " ".join(words)
+    return next((why for start, why in NOT_RUN.items() if start in line), None)
+
+
+def tiny(words, corpus):
+    """`words` with the corpus and sizes replaced, for train.py (also under torchrun)."""
+    words = [corpus if before == "--data" else WHERE_GIVEN.get(before, SIZES.get(before, word))
+             for before, word in zip([None] + words, words)]
+    if "train.py" not in words:
+        return words
+    recipe = RECIPES.get(words[words.index("--recipe") + 1]) if "--recipe" in words else {}
+    added = {"--data": corpus, **SIZES}
+    if recipe.get("cutoffs"):
+        added["--cutoffs"] = WHERE_GIVEN["--cutoffs"]
+    for name, value in added.items():
+        if name not in words:
+            words += [name, value]
+    return words
+
+
+def run_in(directory, words):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    while words and re.fullmatch(r"\w+=.*", words[0]):
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    programs = {"python": [sys.executable],
+                "torchrun": [sys.executable, "-m", "torch.distributed.run"]}
+    argv = programs.get(words[0], words[:1]) + words[1:]
+    return subprocess.run(argv, cwd=directory, env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+def workplace(directory):
+    """A fresh directory that looks like the repository's root to the commands: its scripts
+    and committed results linked, no checkpoints."""
+    directory.mkdir()
+    for name in os.listdir(REPO):
+        if name.endswith(".py") or name == "scripts":
+            (directory / name).symlink_to(os.path.join(REPO, name))
+    # results/ is a directory of its own, so that a command's output there stays here
+    (directory / "results").mkdir()
+    for name in os.listdir(os.path.join(REPO, "results")):
+        (directory / "results" / name).symlink_to(os.path.join(REPO, "results", name))
+    return directory
+
+
+def run_page(page, directory, corpus):
+    """Each command of `page` in `directory`, in order; the first failure stops the page."""
+    ran = []
+    for words in commands(page):
+        if reason_not_run(words):
+            continue
+        done = run_in(directory, tiny(words, corpus))
+        ran.append(shlex.join(words))
+        assert done.returncode == 0, (f"{page}: `{ran[-1]}` failed:\n"
+                                      f"{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
+    return ran
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory, random_text):
+    """The README's commands run once, in order; the directory they wrote."""
+    directory = workplace(tmp_path_factory.mktemp("readme") / "repo")
+    return directory, run_page("README.md", directory, random_text)
+
+
+def test_the_readme_commands_run_in_order(readme_run):
+    directory, ran = readme_run
+    assert any("--recipe cpu30" in c for c in ran) and any("torchrun" in c for c in ran)
+    for name in ("awd", "cpu30", "1cycle", "awd-finetune"):
+        assert (directory / "checkpoints" / f"{name}.pt").exists(), name
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "README.md"])
+def test_each_docs_page_runs_its_commands_in_order(page, readme_run, tmp_path, random_text):
+    directory = workplace(tmp_path / "repo")
+    (directory / "checkpoints").mkdir()
+    for needed in PREREQUISITES.get(page, []):
+        shutil.copy(readme_run[0] / needed, directory / needed)
+    ran = run_page(page, directory, random_text)
+    assert ran or all(reason_not_run(c) for c in commands(page)), page
+
+
+def test_every_command_not_run_is_in_the_docs_and_the_rest_are_substituted():
+    every = [c for page in PAGES for c in commands(page)]
+    for start in NOT_RUN:  # a reason that no longer matches a command is dropped
+        assert any(start in " ".join(c) for c in every), start
+    train = tiny(["python", "train.py", "--recipe", "cpu30", "--emsize", "400"], "corpus")
+    assert train[:6] == ["python", "train.py", "--recipe", "cpu30", "--emsize", "16"]
+    assert set(SIZES) | {"--data", "--cutoffs"} <= set(train)
