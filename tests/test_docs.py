@@ -146,3 +146,23 @@ def test_every_command_not_run_is_in_the_docs_and_the_rest_are_substituted():
     train = tiny(["python", "train.py", "--recipe", "cpu30", "--emsize", "400"], "corpus")
     assert train[:6] == ["python", "train.py", "--recipe", "cpu30", "--emsize", "16"]
     assert set(SIZES) | {"--data", "--cutoffs"} <= set(train)
+
+
+def test_every_figure_of_the_readmes_results_table_is_in_the_evidence_it_cites():
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    table = text[text.index("| run | valid / test |"):].split("\n\n")[0].splitlines()[2:]
+    checked = 0
+    for row in table:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        cited = re.search(r"`(results/[^`]+)`", cells[-1])
+        if not cited:  # a target: its authors' own figures, cited by name
+            assert "README" in cells[-1] or "et al." in cells[-1], row
+            continue
+        evidence = ""
+        for root, _, names in os.walk(os.path.join(REPO, cited.group(1))):
+            evidence += "".join(open(os.path.join(root, name), errors="replace").read()
+                                for name in names if not name.endswith(".png"))
+        for figure in re.findall(r"\d+\.\d+", cells[1]):
+            assert figure in evidence, f"{figure} is not in {cited.group(1)}"
+            checked += 1
+    assert checked >= 7
