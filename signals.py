@@ -1,13 +1,14 @@
 """signals.py: the signals that stop a run (Ctrl-C, SIGTERM from a scheduler or torchrun,
 SIGHUP from a closed terminal). Inside the epoch loop StopRequest turns the first into a
 request that the loop's sync points share (the run saves its state and ends); outside it
-they end the run as Ctrl-C does.
+they end the run as Ctrl-C does. After a hang-up the output may have nowhere to go:
+output_that_outlives_its_reader keeps the run going once a write fails.
 """
 
 import contextlib
+import errno
 import os
 import signal
-import stat
 import sys
 
 from tqdm import tqdm
@@ -44,8 +45,6 @@ class StopRequest:
         self.handlers.__exit__(*exc)
 
     def handle(self, signum, frame):
-        if signum == signal.SIGHUP:
-            leave_the_terminal()
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -54,28 +53,62 @@ class StopRequest:
                    "at once)")
 
 
-def leave_the_terminal():
-    """After a hang-up the terminal is gone, and every write to it would fail (EIO): what
-    was meant for it goes nowhere from now on, so that the run can still save and end."""
-    nowhere = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        try:  # a terminal is a character device (isatty fails once it is gone)
-            if stat.S_ISCHR(os.fstat(stream.fileno()).st_mode):
-                os.dup2(nowhere, stream.fileno())
-        except (OSError, ValueError):  # (closed, or no file behind it)
-            pass
-    os.close(nowhere)
-
-
 def signals_as_ctrl_c():
     """Outside the epoch loop (where StopRequest takes them over), SIGTERM and SIGHUP end a
     run as Ctrl-C does: a KeyboardInterrupt, which train.main reports."""
     def interrupt(signum, frame):
-        if signum == signal.SIGHUP:
-            leave_the_terminal()
         raise KeyboardInterrupt
 
     return handling((signal.SIGTERM, signal.SIGHUP), interrupt)
+
+
+# A terminal that hung up fails every write with EIO; a pipe whose reader is gone (`| tee`
+# killed with the terminal) with EPIPE.
+READER_GONE = (errno.EIO, errno.EPIPE)
+
+
+class OutlivesItsReader:
+    """A text stream whose first write or flush that fails because its reader is gone
+    points its file descriptor at /dev/null: from then on the output goes nowhere and the
+    run goes on (to save and end, after a hang-up). While the reader lives (a pipe into
+    `tee`, a terminal that stays), the output reaches it, hang-up or not."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self.safely(self.stream.write, text)
+
+    def flush(self):
+        return self.safely(self.stream.flush)
+
+    def safely(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            if e.errno not in READER_GONE:
+                raise
+        try:
+            nowhere = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(nowhere, self.stream.fileno())
+            os.close(nowhere)
+            return call(*args)  # what was buffered goes nowhere too
+        except (OSError, ValueError):  # (no file behind the stream)
+            return None
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ... as the stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def output_that_outlives_its_reader():
+    """sys.stdout and sys.stderr as OutlivesItsReader within the block."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (OutlivesItsReader(s) for s in streams)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 def signals_ignored():

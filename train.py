@@ -359,6 +359,7 @@ def main(argv=None):
     try:
         with contextlib.ExitStack() as stack:  # what the run opens closes on any exit
             stack.enter_context(signals.signals_as_ctrl_c())
+            stack.enter_context(signals.output_that_outlives_its_reader())
             stack.enter_context(distributed.only_main_prints())
             args = parse_args(argv)
             group, device = stack.enter_context(distributed.start(args.device))

@@ -824,29 +824,57 @@ def test_a_stop_during_the_final_test_exits_130_and_keeps_the_checkpoints(
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # as before the run
 
 
-def test_a_hang_up_saves_the_epoch_in_progress(tmp_path, tiny, make_corpus):
-    """SIGHUP: the terminal closed or the ssh session dropped. The run writes to a
-    pseudo-terminal that goes away, as a closed one does, and then gets the signal."""
+def hang_up(tmp_path, tiny, make_corpus, reader, reader_leaves):
+    """A run writing to `reader` ("terminal": a pseudo-terminal; "pipe": as into `tee`) gets
+    SIGHUP in its first epoch, after the reader went away (`reader_leaves`) or not. Returns
+    what the reader read after the signal (None when it left)."""
     rng = np.random.default_rng(1)
     text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(2000))
-    terminal, its_end = pty.openpty()
+    reading, its_end = pty.openpty() if reader == "terminal" else os.pipe()
     proc = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "train.py")] + [str(a) for a in tiny["awd"] + [
             "--data", make_corpus(text, text[:2000], text[:2000]), "--epochs", "1",
             "--log-interval", "1", "--save", tmp_path / "m.pt"]],
-        stdin=its_end, stdout=its_end, stderr=its_end, start_new_session=True)
+        stdin=subprocess.DEVNULL, stdout=its_end, stderr=its_end, start_new_session=True)
     os.close(its_end)
     shown = b""
     while b"device: " not in shown:  # an epoch of seconds begins
-        shown += os.read(terminal, 4096)
+        shown += os.read(reading, 4096)
     time.sleep(0.5)
-    os.close(terminal)  # from now on every write to it fails
+    if reader_leaves:
+        os.close(reading)  # from now on every write to it fails
     proc.send_signal(signal.SIGHUP)
+    after = b""
+    while not reader_leaves:
+        try:
+            chunk = os.read(reading, 4096)
+        except OSError:  # (a pseudo-terminal whose writer exited)
+            chunk = b""
+        if not chunk:
+            os.close(reading)
+            break
+        after += chunk
     assert proc.wait(timeout=60) == 0
     state = checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")
     assert state["epoch"] == 0 and state["position"]["batches"] > 0  # inside epoch 1
     assert json.load(open(tmp_path / "m.json"))["stopped"]  # and ended as a stop does
     assert not (tmp_path / "m.lock").exists()
+    return None if reader_leaves else after.decode()
+
+
+@pytest.mark.parametrize("reader", ["terminal", "pipe"])
+def test_a_hang_up_saves_the_epoch_in_progress_when_the_output_has_nowhere_to_go(
+        reader, tmp_path, tiny, make_corpus):
+    """SIGHUP: the terminal closed or the ssh session dropped (and `| tee` with it)."""
+    hang_up(tmp_path, tiny, make_corpus, reader, reader_leaves=True)
+
+
+@pytest.mark.parametrize("reader", ["terminal", "pipe"])
+def test_after_a_hang_up_the_output_still_reaches_a_reader_that_stays(reader, tmp_path, tiny,
+                                                                      make_corpus):
+    after = hang_up(tmp_path, tiny, make_corpus, reader, reader_leaves=False)
+    assert "stopping after the current batch" in after and "training state saved" in after
+    assert after.rstrip().endswith("no epoch has finished yet, so there is no best model to test")
 
 
 def test_a_process_started_again_by_torchrun_continues_its_run(random_text, tmp_path, tiny,
