@@ -19,6 +19,7 @@ every collective below returns its input untouched: the one-process path is the 
 """
 
 import contextlib
+import datetime
 import inspect
 import math
 import os
@@ -185,6 +186,8 @@ def lost_peer(error):
     went away, in a few words; None when it says something else. gloo reports a reset or
     closed connection, NCCL a backend error."""
     text = str(error)
+    if "Timed out" in text or "timed out" in text:  # (gloo's words for a wait past the timeout)
+        return "no answer within --sync-timeout: it hangs or was stopped"
     for sign in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
                  "Socket closed"):
         if sign in text:
@@ -213,10 +216,12 @@ def launch_command(group):
 
 
 @contextlib.contextmanager
-def start(device_name):
+def start(device_name, timeout_minutes=5.0):
     """Join torchrun's processes (when torchrun started this one) and pick this process's
     device: under torchrun with --device auto or cuda, the GPU numbered LOCAL_RANK on its
-    machine. Yields (Group, torch.device); leaving the context leaves the process group."""
+    machine. A collective that waits longer than `timeout_minutes` for another process (one
+    that hangs, or was stopped) fails, instead of gloo's default 30 minutes. Yields (Group,
+    torch.device); leaving the context leaves the process group."""
     if "WORLD_SIZE" not in os.environ or "LOCAL_RANK" not in os.environ:
         yield SINGLE, pick_device(device_name)
         return
@@ -241,7 +246,8 @@ def start(device_name):
         print("note: torchrun started these processes again; if they hang here, torch's "
               "rendezvous store still holds the lost ones' addresses (pytorch/pytorch#135712): "
               "run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/torchrun.md)")
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
     try:
         yield Group(rank, size, local_size, backend, device, torchrun=True), device
         dist.barrier()  # no process leaves while another may still talk to it

@@ -216,6 +216,8 @@ SETTINGS = (
     S("log_interval", COUNT, 50, "batches between progress-bar updates", RUN),
     S("save_every", POSITIVE, None, "also save the training state every MINUTES within an "
       "epoch, to resume from exactly", RUN, metavar="MINUTES"),
+    S("sync_timeout", POSITIVE, 5.0, "under torchrun: how long a process waits for the others "
+      "before it reports one hung or stopped", RUN, metavar="MINUTES"),
     S("tensorboard", str, None, "also log to TensorBoard event files in DIR (needs "
       "tensorboard)", RUN, metavar="DIR"),
 )
@@ -264,18 +266,16 @@ def add_flags(parser):
         shown = (", ".join(f"{m}: {v}" for m, v in s.default.items())
                  if isinstance(s.default, dict) else s.shown or s.default)
         text = f"{s.help} [{shown}]" if s.default not in (None, False) else s.help
-        # (run options take their defaults here: a resume is given them anew)
-        value = s.default if s.part == RUN else None
+        value = s.default if s.part == RUN else None  # (a resume is given run options anew)
         if s.type == "switch":
             parser.add_argument(flag(s), dest=s.name, action="store_true", help=s.help)
         elif s.type is bool:
             parser.add_argument(flag(s), dest=s.name, action=argparse.BooleanOptionalAction,
                                 default=value, help=text)
-        elif isinstance(s.type, tuple):
-            parser.add_argument(flag(s), dest=s.name, choices=s.type, default=value, help=text)
         else:
-            parser.add_argument(flag(s), dest=s.name, type=s.type, default=value, help=text,
-                                metavar=s.metavar)
+            how = (dict(choices=s.type) if isinstance(s.type, tuple)
+                   else dict(type=s.type, metavar=s.metavar))
+            parser.add_argument(flag(s), dest=s.name, default=value, help=text, **how)
 
 
 def given(args):

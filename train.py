@@ -362,7 +362,8 @@ def main(argv=None):
             stack.enter_context(signals.output_that_outlives_its_reader())
             stack.enter_context(distributed.only_main_prints())
             args = parse_args(argv)
-            group, device = stack.enter_context(distributed.start(args.device))
+            group, device = stack.enter_context(distributed.start(args.device,
+                                                                  args.sync_timeout))
             keep_freed_memory(device)  # (on the CPU: large tensors without page faults)
             train(args, stack, group, device, argv)
     except (CorpusError, CheckpointError, SettingsError, TrainingError) as e:

@@ -253,6 +253,36 @@ def test_a_stop_that_reaches_one_process_stops_all_and_the_run_resumes_exactly(t
 
 
 
+def test_a_process_that_hangs_is_reported_with_the_resume_command_after_sync_timeout(
+        tmp_path, make_corpus, tiny):
+    """Rank 1 stopped by SIGSTOP in epoch 2 (alive, connected, silent: a hang): rank 0 waits
+    --sync-timeout (here 15 s), not gloo's default 30 minutes, then says so in one line with
+    the command that resumes from the epoch-1 state."""
+    data = random_corpus(make_corpus, 1000, seed=1)
+    argv = tiny["awd"] + SYNC_OFTEN + ["--data", data, "--epochs", "2", "--max-batches", "200",
+                                       "--sync-timeout", "0.25", "--save", tmp_path / "m.pt"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = subprocess.Popen(command(argv, 2), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    for line in launcher.stdout:
+        if line.startswith("epoch    1 |"):
+            hung = worker_of_rank(launcher.pid, 1)
+            os.kill(hung, signal.SIGSTOP)
+            break
+    deadline = time.time() + 150  # (15 s and the start of two processes, with room)
+    while worker_of_rank(launcher.pid, 0) is not None and time.time() < deadline:
+        time.sleep(0.5)
+    os.kill(hung, signal.SIGKILL)  # (torchrun's SIGTERM waits on a stopped process)
+    out, err = launcher.communicate(timeout=120)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert "another process of this run was lost (gloo: no answer within --sync-timeout" \
+        in errors[0]
+    assert "--resume " + str(tmp_path / "m.state.pt") in errors[0], errors[0]
+    assert "--sync-timeout 0.25" in errors[0]  # the resume keeps the run's options
+    assert checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")["epoch"] == 1
+
+
 def test_a_setting_that_fails_on_every_process_is_said_once(tmp_path, make_corpus, tiny):
     data = random_corpus(make_corpus, 300)
     env = dict(os.environ, OMP_NUM_THREADS="1")
