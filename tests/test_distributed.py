@@ -326,8 +326,9 @@ def test_a_collective_that_lost_its_peer_is_told_from_other_errors():
     assert distributed.lost_peer(RuntimeError(
         gloo + "Read error [127.0.0.1]:3222: Connection reset by peer. This is typically"
     )) == "connection reset by peer"
-    assert distributed.lost_peer(RuntimeError(gloo + "Timed out waiting 1800000ms for recv")) == (
-        "Timed out waiting 1800000ms for recv")
+    assert distributed.lost_peer(RuntimeError(gloo + "Timed out waiting 300000ms for recv")) == (
+        "no answer within --sync-timeout: it hangs or was stopped")
+    assert distributed.lost_peer(RuntimeError(gloo + "Socket closed")) == "socket closed"
     assert distributed.lost_peer(RuntimeError("CUDA error: out of memory")) is None
     assert distributed.lost_peer(ValueError("shapes differ")) is None
 
