@@ -12,9 +12,10 @@ printed and kept in the training state.
 the recent pace. If the run falls behind its plan anyway (a slower machine, a busy GPU), it
 re-fits the rest at the next sync point (`reshape`): the steps its recent pace fits,
 and the rest of the lr schedule spread over them (`schedule_position`), so that a 1cycle
-run still ends annealed and a planned average still starts. A plan only ever shrinks. The
-deadline stays the last resort: there the trainer ends the epoch, so that validation, the
-saved model and the test still finish inside the budget.
+run still ends annealed and a planned average still starts. A run well ahead of it (its
+first steps, measured for the plan, are slower than later ones) grows it up to --epochs.
+The deadline stays the last resort: there the trainer ends the epoch, so that validation,
+the saved model and the test still finish inside the budget.
 """
 
 import bisect
@@ -26,7 +27,7 @@ import time
 import torch
 
 from data import mean_nll, windows
-from util import plural, remove_quietly, size_in_words
+from util import plural, remove_quietly, size_in_words, tensor_bytes
 
 # Part of the budget kept free for what the measurements cannot see (the first CUDA
 # kernels, jitter): 3% of it, at least 2 seconds. Epochs also cost a little more than
@@ -36,8 +37,11 @@ MARGIN_FRACTION, MARGIN_MIN_S, EPOCH_OVERHEAD = 0.03, 2.0, 1.03
 # Keeping to a budget's deadline: the pace is measured over the latest batches that span a
 # tenth of the time left (long enough early on that the first windows of a run, slower
 # while new shapes warm up, cannot shorten a plan by themselves; short near the end, where
-# a slowdown must be seen at once), and a re-fitted plan fills 95% of the time left.
-PACE_WINDOW, REFIT_SHARE = 0.1, 0.95
+# a slowdown must be seen at once), and a re-fitted plan fills 95% of the time left. A plan
+# grows when its rest would take under 93% of it, to fill 98% (a slowdown re-fits it), and
+# only while a quarter of the training time is left: later little is won, and a 1cycle
+# anneal must not meet the deadline.
+PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_TO, GROW_UNTIL = 0.1, 0.95, 0.93, 0.98, 0.25
 
 
 def synchronize(device):
@@ -119,23 +123,6 @@ def write_seconds(trainer, stepped_optimizer):
     return seconds * written / probe_bytes, written
 
 
-def tensor_bytes(value, counted=None):
-    """The bytes of the tensors in `value` (nested dicts and lists), each storage counted
-    once, as torch.save writes it (a tied embedding and decoder are one matrix)."""
-    counted = set() if counted is None else counted
-    if isinstance(value, torch.Tensor):
-        storage = value.untyped_storage().data_ptr()
-        if storage in counted:
-            return 0
-        counted.add(storage)
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(v, counted) for v in value)
-    return 0
-
-
 def plan(budget_s, spent_s, speed, steps_per_epoch, max_epochs, average_start):
     """The schedule that fits: {"epochs", "batches_per_epoch", "last_epoch_batches",
     "total_steps", "average_from", "train_deadline_s"}. Times are seconds from the run's
@@ -157,10 +144,12 @@ def plan(budget_s, spent_s, speed, steps_per_epoch, max_epochs, average_start):
         if epochs < 1 or steps >= steps_per_epoch // 10:
             epochs, last = max(epochs, 0) + 1, max(steps, 1)
     # Training must stop by the deadline to leave time for a validation and the test.
-    return fixed_plan(epochs, steps_per_epoch if epochs > 1 else last, average_start,
-                      budget_s=budget_s, last_epoch_batches=last,
-                      train_deadline_s=budget_s - margin - speed["test_s"] - speed["valid_s"]
-                      - speed["save_s"], step_s=speed["step_s"])
+    layout = fixed_plan(epochs, steps_per_epoch if epochs > 1 else last, average_start,
+                        budget_s=budget_s, last_epoch_batches=last,
+                        train_deadline_s=budget_s - margin - speed["test_s"] - speed["valid_s"]
+                        - speed["save_s"], step_s=speed["step_s"])
+    # What a plan that grows must know: how far it may (--epochs), what an epoch's end costs.
+    return dict(layout, max_epochs=max_epochs, epoch_end_s=per_epoch)
 
 
 def fixed_plan(epochs, steps_per_epoch, average_start, budget_s=None, train_deadline_s=None,
@@ -204,6 +193,7 @@ def reshape(p, steps_done, epoch, batches_done, steps, average_start):
     of the lr schedule spreads over the new rest, and a planned average that has not begun
     starts at `average_start` of the new total."""
     rest, per_epoch = max(epoch_batches(p, epoch) - batches_done, 0), p["batches_per_epoch"]
+    rest = max(rest, per_epoch - batches_done)  # (a shortened last epoch may grow to whole)
     if steps <= rest:  # the epoch in progress becomes the last
         epochs, last = epoch + 1, batches_done + steps
     else:
@@ -249,10 +239,9 @@ def describe(p, speed, started_at, averages=True):
     return (f"budget {p['budget_s'] / 60:g} min: measured {speed['step_s'] * 1000:.1f} ms per "
             f"step, {speed['valid_s']:.1f} s per validation, {speed['save_s']:.2f} s of "
             f"checkpoint writes per epoch ({size_in_words(speed['save_bytes'])}), "
-            f"{speed['test_s']:.1f} s for the test\n"
-            f"plan: {epochs_in_words(p)}"
-            + f"{averaging}; training stops by "
-            f"{p['train_deadline_s'] / 60:.1f} min at the latest; the run ends by {end}")
+            f"{speed['test_s']:.1f} s for the test\nplan: {epochs_in_words(p)}{averaging}; "
+            f"training stops by {p['train_deadline_s'] / 60:.1f} min at the latest; the run "
+            f"ends by {end}")
 
 
 def recent_pace(batch_ends, at_least):
@@ -276,6 +265,7 @@ class Plan:
         self.layout, self.deadline = layout, deadline
         self.batch_ends = []  # under a deadline, when each batch of this process ended
         self.replanned = False  # re-fitted during the epoch in progress
+        self.grown_out = False  # grows no more: it could not, or it fell behind once
 
     @property
     def epochs(self):
@@ -363,7 +353,47 @@ class Plan:
         fit = max(math.floor(REFIT_SHARE * seconds_left / pace), 0)
         if fit >= self.steps_left(epoch, batches_done):
             return None
-        expected = self.layout.get("step_s")
+        expected, self.grown_out = self.layout.get("step_s"), True
         return self.refit(steps_done, epoch, batches_done, fit, average_start,
                           f"behind the plan (a step takes {1000 * pace:.1f} ms"
                           + (f", {1000 * expected:.1f} ms planned" if expected else "") + ")")
+
+    def ahead(self, epoch, batches_done, now):
+        """Whether a budget's plan (that records how far it may grow) would end training in
+        under GROW_BELOW of the time left at this process's recent pace (GROW_UNTIL)."""
+        if (self.deadline is None or "max_epochs" not in self.layout or self.grown_out
+                or self.deadline - now < GROW_UNTIL * self.layout["train_deadline_s"]):
+            return False
+        pace = self.pace(now)  # (the steps left, and the ends of the epochs before the last)
+        return pace is not None and (
+            self.steps_left(epoch, batches_done) * pace
+            + (self.epochs - epoch - 1) * self.layout["epoch_end_s"]
+            < GROW_BELOW * (self.deadline - now))
+
+    def fill_the_time(self, steps_done, epoch, batches_done, pace, seconds_left,
+                      average_start):
+        """Ahead of the plan: grow its rest to fill GROW_TO of `seconds_left` at `pace`
+        (the epoch in progress to its end, then epochs as `plan` fits them), up to --epochs;
+        returns refit's line, or None when it stands."""
+        per_epoch, end_s = self.layout["batches_per_epoch"], self.layout["epoch_end_s"]
+        room = GROW_TO * seconds_left
+        this_epoch = per_epoch - batches_done
+        if not pace or room <= this_epoch * pace:
+            fit = math.floor(room / pace) if pace else 0
+        else:
+            whole, spare = divmod(room - this_epoch * pace, end_s + per_epoch * pace)
+            whole = min(int(whole), self.layout["max_epochs"] - epoch - 1)
+            extra = math.floor((spare - end_s) / pace) if spare > end_s else 0
+            extra = extra if extra >= per_epoch // 10 and \
+                epoch + 1 + whole < self.layout["max_epochs"] else 0
+            fit = this_epoch + whole * per_epoch + extra
+        if fit <= self.steps_left(epoch, batches_done):
+            self.grown_out = True  # (--epochs reached: no sync point asks again)
+            return None
+        return self.refit(steps_done, epoch, batches_done, fit, average_start,
+                          f"ahead of the plan (a step takes {1000 * pace:.1f} ms, "
+                          f"{1000 * self.layout['step_s']:.1f} ms planned)")
+
+    def budget_used(self, now):
+        """The share of the budget that has passed by `now` (its clock: start_the_clock)."""
+        return (now - self.deadline + self.layout["train_deadline_s"]) / self.layout["budget_s"]

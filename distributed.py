@@ -263,8 +263,9 @@ class Report:
     agreed on: the loss sum and tokens of the epoch so far, summed; seconds per batch since
     the last sync point, the recent pace and the seconds left before a deadline, averaged
     (the same numbers on every process); and the requests that any process made: stop (a
-    signal), late (the deadline passed), save_due (--save-every) and behind (the plan's
-    steps left would overrun the deadline at the recent pace)."""
+    signal), late (the deadline passed), save_due (--save-every), behind (the plan's
+    steps left would overrun the deadline at the recent pace) and ahead (they would end
+    well before it)."""
     loss_sum: object  # a float64 tensor of one element on the device (read only here)
     tokens: float
     step_s: float = 0.0
@@ -274,10 +275,11 @@ class Report:
     late: bool = False
     save_due: bool = False
     behind: bool = False
+    ahead: bool = False
 
     SUMMED = ("loss_sum", "tokens")
     AVERAGED = ("step_s", "pace", "seconds_left")
-    REQUESTS = ("stop", "late", "save_due", "behind")
+    REQUESTS = ("stop", "late", "save_due", "behind", "ahead")
 
     def any_request(self):
         return any(getattr(self, name) for name in self.REQUESTS)

@@ -2,7 +2,7 @@
 runs the step itself): the epoch's windows and where it ends, its running sums, the
 progress bar, and the sync points at which the processes of a run read the loss, check it
 for divergence and act on the requests any of them made (a stop, a passed deadline, a due
-mid-epoch save, a budget falling behind its plan); and Position, where an interrupted
+mid-epoch save, a budget falling behind its plan or well ahead of it); and Position, where an interrupted
 epoch stands, which a training state keeps.
 """
 
@@ -116,13 +116,16 @@ class EpochLoop:
                         late=plan is not None and plan.late(now),
                         save_due=self.save_every is not None and
                         now - self.last_save >= self.save_every,
-                        behind=plan is not None and plan.behind(t.epoch, sums.batches, now))
+                        behind=plan is not None and plan.behind(t.epoch, sums.batches, now),
+                        ahead=plan is not None and plan.ahead(t.epoch, sums.batches, now))
         if not self.syncs.due(sums.batches, at_end, report):
             return False
         agreed = self.sync(report, lr)
         if agreed.behind:
             t.keep_to_the_deadline(sums.batches, agreed)
             at_end = at_end or sums.batches >= plan.epoch_batches(t.epoch)
+        elif agreed.ahead:  # (every process ahead but one that is behind: it decides)
+            t.fill_the_time(sums.batches, agreed)
         if agreed.late:
             t.out_of_time = at_end = True  # a budget: end the epoch here
         self.stopping = agreed.stop

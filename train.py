@@ -94,7 +94,12 @@ def train(args, stack, group, device, argv):
             if isinstance(e, KeyboardInterrupt):
                 raise
             raise TrainingError(test_out_of_memory(trainer, args, e)) from None
-        log.finished(summarize(trainer, test_loss, stopped=stopped))
+        summary = summarize(trainer, test_loss, stopped=stopped)
+        if summary["budget_used"] is not None:
+            budget_s = 60 * trainer.s["budget_minutes"]
+            print(f"budget: {summary['budget_used'] * budget_s / 60:.1f} of its "
+                  f"{budget_s / 60:g} minutes used ({summary['budget_used']:.1%})")
+        log.finished(summary)
     except WriteFailed as e:  # a full disk, a read-only directory
         with signals.signals_ignored():
             raise TrainingError(f"{e}. {what_is_left(trainer, args)}") from None
@@ -335,11 +340,12 @@ def test_best_model(trainer, device):
 
 def summarize(trainer, test_loss, stopped, test_interrupted=False):
     """The run's final numbers, for <save stem>.json: the model file (None when no epoch
-    wrote one, or its test was interrupted), and the minutes of training and validation so
-    far, an unfinished epoch's included."""
-    rows, model = trainer.metrics, trainer.files.model
+    wrote one, or its test was interrupted), the minutes of training and validation so
+    far, an unfinished epoch's included, and the share of a budget used."""
+    rows, model, plan = trainer.metrics, trainer.files.model, trainer.plan
     best = min(rows, key=lambda r: r["valid_loss"]) if rows else None
-    return dict(
+    return dict(budget_used=round(plan.budget_used(time.time()), 4)
+                if plan is not None and plan.deadline is not None else None,
         model=model if test_loss is not None or (
             test_interrupted and os.path.exists(model)) else None,
         epochs=trainer.epoch, stopped=stopped, minutes=round(trainer.seconds_trained() / 60, 2),

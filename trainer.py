@@ -166,6 +166,12 @@ class Trainer:
             self.steps, self.epoch, batches_done, agreed.pace, agreed.seconds_left,
             self.s["average_start"]))
 
+    def fill_the_time(self, batches_done, agreed):
+        """Ahead of the plan: grow it, as keep_to_the_deadline shrinks it."""
+        self.replan(self.plan.fill_the_time(
+            self.steps, self.epoch, batches_done, agreed.pace, agreed.seconds_left,
+            self.s["average_start"]))
+
     def replan(self, line):
         """After a change of the plan that `line` says (None: it stands): the epoch loop ends
         with the plan's epochs."""

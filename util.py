@@ -1,6 +1,6 @@
 """util.py: small helpers that every part of the project uses and that import nothing from
-it: atomic file writes (and removing what killed ones left), file hashes, perplexity,
-progress bars, and the words of messages (counts, sizes, durations)."""
+it: atomic file writes (and removing what killed ones left), file hashes, the bytes that
+torch.save writes of tensors, perplexity, progress bars, and the words of messages."""
 
 import hashlib
 import math
@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 
+import torch
 from tqdm import tqdm
 
 
@@ -132,3 +133,20 @@ def progress_bar(iterable=None, desc=None, **kwargs):
     """A tqdm bar on a terminal only: redirected output (log files) gets none."""
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
                 disable=desc is None or not sys.stderr.isatty(), **kwargs)
+
+
+def tensor_bytes(value, counted=None):
+    """The bytes of the tensors in `value` (nested dicts and lists), each storage counted
+    once, as torch.save writes it (a tied embedding and decoder are one matrix)."""
+    counted = set() if counted is None else counted
+    if isinstance(value, torch.Tensor):
+        storage = value.untyped_storage().data_ptr()
+        if storage in counted:
+            return 0
+        counted.add(storage)
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v, counted) for v in value)
+    return 0
