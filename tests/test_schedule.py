@@ -15,7 +15,6 @@ import train
 from optim import make_optimizer
 from schedule import (FINETUNE_DONE, LR_CUT, ONE_CYCLE, SCHEDULES, START_AVERAGING, OneCycleLR,
                       PlannedSchedule, make_schedule, one_cycle_factor, should_start_averaging)
-import settings
 from settings import BY_NAME, defaults
 
 
