@@ -6,17 +6,23 @@ steps are timed (with CUDA synchronisation at both ends) at a fixed BPTT length.
 for each configuration: ms/step, tokens/s and peak memory:
   (a) AWD-LSTM with every regulariser on,
   (b) the same shapes with every regulariser off, a plain stack of nn.LSTMs: the ceiling,
-  a/b, the speed of (a) as a fraction of (b),
   (c) the baseline LSTM,
   (d) the same baseline stepped the way the PyTorch word-language-model example does it
       (log-softmax then NLL loss, a hand-written SGD update), for comparison with (c),
   (e) AWD-LSTM (a's shapes, untied) with WikiText-103's vocabulary of 267,735 words and an
       adaptive softmax (--cutoffs), on Zipf-distributed synthetic tokens,
   (f) the same with a full softmax over the 267,735 words (only when --configs names it:
-      its logits alone take GiBs).
-(a)-(d) step on WikiText-2 tokens. Under torchrun, every process steps its share of the
-batch's columns through DistributedDataParallel, as train.py does, and tokens/s is given
-per process and in total. Each row also says which kernels ran the LSTMs (cuDNN, oneDNN or
+      its logits alone take GiBs),
+  (g) the model of --recipe cpu30 (one 400-unit LSTM, an adaptive softmax), at its shapes,
+  (h) the PyTorch example's model and step at (g)'s shapes (a full softmax, untied),
+  (i) the PyTorch example's model and step at (a)'s sizes (untied), for comparison with (a);
+  and the ratios a/b, c/d, e/f, g/h and a/i.
+Each row also gives the step's floating-point work (GFLOP: what torch's FlopCounterMode
+counts of the matmuls outside the LSTMs, plus 24 h (in + h) per token for each LSTM layer,
+forward and backward) as a share of the device's peak: the rate of a large fp32 matmul on
+the same threads, measured first. (a)-(d) and (g)-(i) step on WikiText-2 tokens. Under
+torchrun, every process steps its share of the batch's columns through
+DistributedDataParallel, as train.py does, and tokens/s is given per process and in total. Each row also says which kernels ran the LSTMs (cuDNN, oneDNN or
 torch's own) and how many times a step made cuDNN copy their weights. Figures are printed
 as they come (every 25 timed steps, and each timing's result), so that a run cut short
 still says what it measured; the table of medians follows at the end.
@@ -38,6 +44,7 @@ import time
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import distributed
 from budget import synchronize
@@ -45,17 +52,19 @@ from data import Corpus, CorpusError, batchify, windows
 from devices import (PRECISIONS, check_bf16, describe_device, keep_freed_memory,
                      out_of_memory, set_precision)
 from model import CLUSTER_SHRINK, build_model, count_parameters, model_config
-from settings import (COUNT, DEFAULT_DATA, Parser, SettingsError, ShowDefaults, checked,
-                      cutoff_list, defaults)
+from settings import (COUNT, DEFAULT_DATA, RECIPES, Parser, SettingsError, ShowDefaults,
+                      checked, cutoff_list, defaults)
 from trainer import Objective, train_step
 from util import ppl
 
 # Shapes (emsize, nhid, nlayers, batch_size, bptt) when no flag says otherwise.
-FULL = dict(awd=(400, 1150, 3, 80, 70), lstm=(650, 650, 2, 20, 35))
-CPU_SMALL = dict(awd=(200, 400, 3, 20, 35), lstm=(200, 200, 2, 20, 35))  # lstm: PyTorch
-SHAPE = ("emsize", "nhid", "nlayers", "batch_size", "bptt")              # example "small"
+SHAPE = ("emsize", "nhid", "nlayers", "batch_size", "bptt")
+CPU30 = tuple(RECIPES["cpu30"][name] for name in SHAPE)  # the same on every device
+FULL = dict(awd=(400, 1150, 3, 80, 70), lstm=(650, 650, 2, 20, 35), cpu30=CPU30)
+CPU_SMALL = dict(awd=(200, 400, 3, 20, 35), lstm=(200, 200, 2, 20, 35),  # lstm: PyTorch
+                 cpu30=CPU30)                                            # example "small"
 WT103_WORDS = 267_735  # WikiText-103's vocabulary
-CONFIGS = "abcdef"
+CONFIGS = "abcdefghi"
 
 
 def example_style_step(objective, optimizer, inputs, targets, hidden, clip, precision):
@@ -125,7 +134,7 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
     (if given) is called with (steps so far, seconds per step, mean loss)."""
     emsize, nhid, nlayers, batch_size, bptt = shape
     s = dict(defaults(run["kind"]), emsize=emsize, nhid=nhid, nlayers=nlayers,
-             batch_size=batch_size, bptt=bptt, precision=precision)
+             batch_size=batch_size, bptt=bptt, precision=precision, **run.get("settings", {}))
     if run.get("large_vocabulary"):  # an adaptive softmax cannot be tied; nor is (f), to match
         s.update(tied=False, cutoffs=run["cutoffs"] if run["adaptive"] else [])
     if not run["regularised"]:  # same shapes, no dropout of any kind, no AR/TAR
@@ -170,12 +179,32 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
         peak = torch.cuda.max_memory_allocated(device)
     else:  # the process's high-water mark so far (ru_maxrss is in KiB on Linux)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with LSTMKernels() as kernels:
+    with LSTMKernels() as kernels, FlopCounterMode(display=False) as counter:
         steps_of(1)
+    flops = counter.get_total_flops()
+    if kernels.path != "native":  # (the counter sees torch's own LSTM kernels' matmuls)
+        flops += data.size(1) * bptt * sum(24 * rnn.lstm.hidden_size * (
+            rnn.lstm.input_size + rnn.lstm.hidden_size) for rnn in model.rnns)
     return dict(seconds=seconds / steps, peak=peak, params=count_parameters(model),
                 train_loss=torch.stack(losses).float().mean().item(),
                 lstm_dtype=str(dtypes[-1]).replace("torch.", ""), kernels=kernels.path,
-                repacks=kernels.repacks)
+                repacks=kernels.repacks, flops=flops)
+
+
+def matmul_peak(device, n, repeats=5):
+    """The device's rate at its best-suited work, FLOP/s: n x n float32 matmuls on the
+    threads the steps use, the fastest of three timings of `repeats`."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    timings = []
+    for _ in range(3):
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        synchronize(device)
+        timings.append(time.perf_counter() - started)
+    return 2 * n ** 3 * repeats / min(timings)
 
 
 def figures(seconds, tokens_per_step, loss):
@@ -195,7 +224,16 @@ RUNS = [
          title="AWD-LSTM, 267,735 words, adaptive"),
     dict(label="f", kind="awd", regularised=True, large_vocabulary=True, adaptive=False,
          title="AWD-LSTM, 267,735 words, full softmax"),
+    dict(label="g", kind="lstm", shape="cpu30", regularised=True, title="--recipe cpu30",
+         settings=dict(tied=False, cutoffs=RECIPES["cpu30"]["cutoffs"],
+                       dropout=RECIPES["cpu30"]["dropout"])),
+    dict(label="h", kind="lstm", shape="cpu30", regularised=True, step=example_style_step,
+         title="(g)'s shapes, PyTorch example", settings=dict(
+             tied=False, dropout=RECIPES["cpu30"]["dropout"])),
+    dict(label="i", kind="lstm", shape="awd", regularised=True, step=example_style_step,
+         title="(a)'s sizes, PyTorch example", settings=dict(tied=False)),
 ]
+RATIOS = (("a", "b"), ("c", "d"), ("e", "f"), ("g", "h"), ("a", "i"))
 
 
 def config_letters(text):
@@ -210,7 +248,7 @@ def main(argv=None):
                formatter_class=ShowDefaults)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--full", action="store_true", help="full-size shapes on any device")
-    p.add_argument("--configs", type=config_letters, default="abcde",
+    p.add_argument("--configs", type=config_letters, default="abcdeghi",
                    help="which configurations to time")
     p.add_argument("--steps", type=COUNT, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=checked(int, lambda v: v >= 0, "not be negative"),
@@ -222,7 +260,9 @@ def main(argv=None):
                    help="the adaptive softmax's cutoffs in (e), as train.py --cutoffs")
     p.add_argument("--precision", choices=PRECISIONS, default="torch",
                    help="as train.py --precision (the example-style step (d) has no autocast)")
-    for prefix in ("awd", "lstm"):
+    p.add_argument("--peak-n", type=COUNT, default=2048,
+                   help="the size of the matmuls that measure the device's peak")
+    for prefix in ("awd", "lstm", "cpu30"):
         for name in SHAPE:
             p.add_argument(f"--{prefix}-{name.replace('_', '-')}", type=COUNT, default=None,
                            help=f"{prefix} {name} (default: by device)")
@@ -250,7 +290,7 @@ def run(args, group, device):
     defaults = FULL if args.full or device.type == "cuda" else CPU_SMALL
     shapes = {kind: tuple(getattr(args, f"{kind}_{name}") or default
                           for name, default in zip(SHAPE, defaults[kind]))
-              for kind in ("awd", "lstm")}
+              for kind in ("awd", "lstm", "cpu30")}
     runs = chosen_runs(args, shapes, group)
     corpus = Corpus(args.data) if any(not r.get("large_vocabulary") for r in runs) else None
     largest = max(shapes["awd"][3] * shapes["awd"][4], 1) * (args.steps + args.warmup + 2)
@@ -261,6 +301,9 @@ def run(args, group, device):
           f"{args.precision}) | median of {args.repeats} x {args.steps} timed steps after "
           f"{args.warmup} warm-up" + (f" | vocabulary {len(corpus.dictionary):,}"
                                       if corpus else ""))
+    peak_flops = matmul_peak(device, args.peak_n)
+    print(f"peak: {peak_flops / 1e9:,.1f} GFLOP/s ({args.peak_n} x {args.peak_n} float32 "
+          "matmuls, the fastest of three timings)")
     # Round-robin repeats, median per configuration: on a busy CPU single timings of the
     # same configuration differ by 10% and more.
     timings = {r["label"]: [] for r in runs}
@@ -268,7 +311,7 @@ def run(args, group, device):
         for r in runs:
             tokens, ntoken = ((large, WT103_WORDS) if r.get("large_vocabulary") else
                               (corpus.train, len(corpus.dictionary)))
-            batch_size, bptt = shapes[r["kind"]][3:]
+            batch_size, bptt = shapes[r.get("shape", r["kind"])][3:]
             tokens_per_step = batch_size // group.size * bptt  # this process's
             where = f"({r['label']}) {repeat + 1}/{args.repeats}"
 
@@ -276,13 +319,14 @@ def run(args, group, device):
                 print(f"{where}, after {done} of {args.steps} timed steps: "
                       f"{figures(seconds, tokens_per_step, loss)}")
 
-            t = time_steps(dict(r, cutoffs=args.cutoffs), shapes[r["kind"]], tokens, ntoken,
-                           device, args.steps, args.warmup, args.precision, group, progress)
+            t = time_steps(dict(r, cutoffs=args.cutoffs), shapes[r.get("shape", r["kind"])],
+                           tokens, ntoken, device, args.steps, args.warmup, args.precision,
+                           group, progress)
             timings[r["label"]].append(t)
             print(f"{where}: {figures(t['seconds'], tokens_per_step, t['train_loss'])}, LSTMs "
                   f"in {t['lstm_dtype']} on {t['kernels']} kernels, {t['repacks']} re-packs")
-    print_table(runs, timings, shapes, group, device)
-    for kind in sorted({r["kind"] for r in runs}):
+    print_table(runs, timings, shapes, group, device, peak_flops)
+    for kind in sorted({r.get("shape", r["kind"]) for r in runs}):
         print(f"shapes {kind}: " + ", ".join(f"{n} {v}" for n, v in zip(SHAPE, shapes[kind])))
     if large is not None:
         print(f"(e), (f): vocabulary {WT103_WORDS:,}, Zipf-distributed synthetic tokens, untied"
@@ -295,7 +339,7 @@ def chosen_runs(args, shapes, group):
     if group.size > 1 and any(r["label"] == "d" for r in runs):
         print("(d) is left out under torchrun: its hand-written update has no all-reduce")
         runs = [r for r in runs if r["label"] != "d"]
-    for kind in {r["kind"] for r in runs}:
+    for kind in {r.get("shape", r["kind"]) for r in runs}:
         if shapes[kind][3] % group.size:
             raise SettingsError(f"the {kind} batch size {shapes[kind][3]} does not split "
                                 f"evenly over {group.size} processes; give a multiple of "
@@ -309,18 +353,19 @@ def chosen_runs(args, shapes, group):
     return runs
 
 
-def print_table(runs, timings, shapes, group, device):
+def print_table(runs, timings, shapes, group, device, peak_flops):
     """One row per configuration (the median time of its repeats; the others' figures from
-    its first, all repeats starting from the same seed and data), and the ratios."""
+    its first, all repeats starting from the same seed and data), with its FLOP/s as a
+    share of `peak_flops` (a process's), and the ratios."""
     memory = "peak GPU memory" if device.type == "cuda" else "process peak RSS"
     per_process = f" {'tok/s/proc':>10}" if group.size > 1 else ""
     print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10}"
           f"{per_process} {'train ppl':>10} {'LSTM':>8} {'kernels':>8} {'re-packs':>8} "
-          f"{memory:>16}")
+          f"{memory:>16} {'GFLOP/step':>10} {'of peak':>7}")
     results = {}
     for r in runs:
         label = r["label"]
-        batch_size, bptt = shapes[r["kind"]][3:]
+        batch_size, bptt = shapes[r.get("shape", r["kind"])][3:]
         first = timings[label][0]
         seconds = statistics.median(t["seconds"] for t in timings[label])
         peak = max(group.gather(max(t["peak"] for t in timings[label])))
@@ -332,8 +377,9 @@ def print_table(runs, timings, shapes, group, device):
         per_process = f" {statistics.mean(rates):>10,.0f}" if group.size > 1 else ""
         print(f"{name:<44} {first['params']:>11,} {1000 * seconds:>9.1f} {sum(rates):>10,.0f}"
               f"{per_process} {ppl(first['train_loss']):>10.1f} {first['lstm_dtype']:>8} "
-              f"{first['kernels']:>8} {first['repacks']:>8} {peak / 2**20:>13,.0f} MiB")
-        for this, that in (("a", "b"), ("c", "d"), ("e", "f")):
+              f"{first['kernels']:>8} {first['repacks']:>8} {peak / 2**20:>13,.0f} MiB "
+              f"{first['flops'] / 1e9:>10.3f} {first['flops'] / seconds / peak_flops:>7.1%}")
+        for this, that in RATIOS:
             if label == that and this in results:
                 print(f"{f'{this}/{that} (speed of {this} relative to {that})':<44} "
                       f"{'':>11} {results[that] / results[this]:>9.3f}")

@@ -30,21 +30,24 @@ def test_the_example_style_step_computes_the_same_update_as_train_step():
 
 def test_bench_prints_every_configuration_with_positive_figures(capsys):
     tiny = []
-    for kind in ("awd", "lstm"):
+    for kind in ("awd", "lstm", "cpu30"):
         tiny += [f"--{kind}-emsize", "16", f"--{kind}-nhid", "16", f"--{kind}-nlayers", "2",
                  f"--{kind}-batch-size", "2", f"--{kind}-bptt", "5"]
     bench.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--repeats", "1",
-                "--configs", "abcdef"] + tiny)
+                "--configs", "abcdefghi", "--peak-n", "64"] + tiny)
     out = capsys.readouterr().out
-    for label in "abcdef":  # params, ms/step, tokens/s, train ppl, LSTM dtype, kernels,
+    peak = float(re.search(r"^peak: ([\d,.]+) GFLOP/s \(64 x 64", out, re.M).group(1))
+    for label in "abcdefghi":  # params, ms/step, tokens/s, train ppl, LSTM dtype, kernels,
         row = re.search(rf"^\({label}\) .*?\s([\d,]+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)\s+"
-                        r"(\w+)\s+(\w+)\s+(\d+)\s+([\d,]+) MiB$", out, re.M)  # re-packs, MiB
+                        r"(\w+)\s+(\w+)\s+(\d+)\s+([\d,]+) MiB\s+([\d.]+)\s+([\d.]+)%$", out,
+                        re.M)  # re-packs, MiB, GFLOP per step, its rate as a share of the peak
         assert row, label
         assert float(row.group(2)) > 0 and int(row.group(3).replace(",", "")) > 0
         assert float(row.group(4)) > 1 and row.group(5) == "float32"
         assert row.group(6) in ("onednn", "native")  # no cuDNN on the CPU
         assert row.group(7) == "0"  # and so no re-packs
-    for ratio in ("a/b", "c/d", "e/f"):
+        assert float(row.group(9)) > 0 and float(row.group(10)) > 0 and peak > 0
+    for ratio in ("a/b", "c/d", "e/f", "g/h", "a/i"):
         assert re.search(rf"^{ratio} .*\s\d+\.\d{{3}}$", out, re.M), ratio
     # (e) and (f) have WikiText-103's vocabulary: the full softmax's 267,735 x 16 decoder
     # outweighs the adaptive softmax's head of 20,002 words and its two narrow clusters
@@ -91,3 +94,16 @@ def test_a_missing_corpus_or_running_out_of_memory_is_one_clean_error_line(tmp_p
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--steps", "1", "--repeats", "1"])
     assert exit_.value.code.startswith("error: out of memory; lower the batch size")
+
+
+def test_a_steps_flops_are_its_matmuls_and_its_lstms_forward_and_backward():
+    """One LSTM layer (in 4, hidden 3) and a full softmax over 10 words, batch 2 x BPTT 5:
+    the counter sees the decoder's matmuls (forward, and the input and weight gradients),
+    and each LSTM token adds 24 h (in + h)."""
+    run = dict(label="x", kind="lstm", regularised=False, settings=dict(tied=False))
+    tokens = torch.randint(0, 10, (200,))
+    t = bench.time_steps(run, (4, 3, 1, 2, 5), tokens, 10, torch.device("cpu"), 1, 0, "torch")
+    decoder = 3 * 2 * 10 * 3 * 10  # 3 matmuls of 2 (10 tokens x 3 features x 10 words)
+    lstm = 10 * 24 * 3 * (4 + 3) if t["kernels"] != "native" else 0
+    assert t["flops"] >= decoder + lstm
+    assert t["flops"] <= decoder + lstm + 10 * 24 * 3 * (4 + 3)  # (native: the counter's)
