@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -103,39 +104,61 @@ def workplace(directory):
 
 
 def run_page(page, directory, corpus):
-    """Each command of `page` in `directory`, in order; the first failure stops the page."""
+    """Each command of `page` in `directory`, in order: (the commands that ran, the first
+    failure's message or None)."""
     ran = []
     for words in commands(page):
         if reason_not_run(words):
             continue
         done = run_in(directory, tiny(words, corpus))
         ran.append(shlex.join(words))
-        assert done.returncode == 0, (f"{page}: `{ran[-1]}` failed:\n"
-                                      f"{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
-    return ran
+        if done.returncode != 0:
+            return ran, (f"{page}: `{ran[-1]}` failed:\n{done.stdout[-1500:]}\n"
+                         f"{done.stderr[-1500:]}")
+    return ran, None
+
+
+def run_docs_page(page, readme_directory, root, corpus):
+    """`page` run in a fresh directory under `root`, with the checkpoints it needs copied
+    from where the README's commands wrote them."""
+    directory = workplace(root / page.replace("/", "-"))
+    (directory / "checkpoints").mkdir()
+    for needed in PREREQUISITES.get(page, []):
+        shutil.copy(readme_directory / needed, directory / needed)
+    return run_page(page, directory, corpus)
 
 
 @pytest.fixture(scope="module")
-def readme_run(tmp_path_factory, random_text):
-    """The README's commands run once, in order; the directory they wrote."""
-    directory = workplace(tmp_path_factory.mktemp("readme") / "repo")
-    return directory, run_page("README.md", directory, random_text)
+def pages_run(tmp_path_factory, random_text):
+    """Every page's commands, run once: {page: (the commands that ran, a failure or None)}
+    and the README's directory. The README and the pages that need nothing of it run side
+    by side (two cores), then those that do."""
+    root = tmp_path_factory.mktemp("docs")
+    readme = workplace(root / "readme")
+    alone = [p for p in PAGES[1:] if p not in PREREQUISITES]
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(run_page, "README.md", readme, random_text)
+        others = pool.submit(lambda: {p: run_docs_page(p, readme, root, random_text)
+                                      for p in alone})
+        results = {"README.md": first.result(), **others.result()}
+    for page in PREREQUISITES:
+        results[page] = run_docs_page(page, readme, root, random_text)
+    return results, readme
 
 
-def test_the_readme_commands_run_in_order(readme_run):
-    directory, ran = readme_run
+def test_the_readme_commands_run_in_order(pages_run):
+    results, directory = pages_run
+    ran, failure = results["README.md"]
+    assert failure is None, failure
     assert any("--recipe cpu30" in c for c in ran) and any("torchrun" in c for c in ran)
     for name in ("awd", "cpu30", "1cycle", "awd-finetune"):
         assert (directory / "checkpoints" / f"{name}.pt").exists(), name
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p != "README.md"])
-def test_each_docs_page_runs_its_commands_in_order(page, readme_run, tmp_path, random_text):
-    directory = workplace(tmp_path / "repo")
-    (directory / "checkpoints").mkdir()
-    for needed in PREREQUISITES.get(page, []):
-        shutil.copy(readme_run[0] / needed, directory / needed)
-    ran = run_page(page, directory, random_text)
+@pytest.mark.parametrize("page", PAGES[1:])
+def test_each_docs_page_runs_its_commands_in_order(page, pages_run):
+    ran, failure = pages_run[0][page]
+    assert failure is None, failure
     assert ran or all(reason_not_run(c) for c in commands(page)), page
 
 
