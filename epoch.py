@@ -2,8 +2,8 @@
 runs the step itself): the epoch's windows and where it ends, its running sums, the
 progress bar, and the sync points at which the processes of a run read the loss, check it
 for divergence and act on the requests any of them made (a stop, a passed deadline, a due
-mid-epoch save, a budget falling behind its plan or well ahead of it); and Position, where an interrupted
-epoch stands, which a training state keeps.
+mid-epoch save, a budget falling behind its plan or well ahead of it); and Position, where
+an interrupted epoch stands, which a training state keeps.
 """
 
 import itertools
@@ -124,7 +124,7 @@ class EpochLoop:
         if agreed.behind:
             t.keep_to_the_deadline(sums.batches, agreed)
             at_end = at_end or sums.batches >= plan.epoch_batches(t.epoch)
-        elif agreed.ahead:  # (every process ahead but one that is behind: it decides)
+        elif agreed.ahead:  # (one process behind outweighs any number ahead)
             t.fill_the_time(sums.batches, agreed)
         if agreed.late:
             t.out_of_time = at_end = True  # a budget: end the epoch here
