@@ -22,8 +22,9 @@ counts of the matmuls outside the LSTMs, plus 24 h (in + h) per token for each L
 forward and backward) as a share of the device's peak: the rate of a large fp32 matmul on
 the same threads, measured first. (a)-(d) and (g)-(i) step on WikiText-2 tokens. Under
 torchrun, every process steps its share of the batch's columns through
-DistributedDataParallel, as train.py does, and tokens/s is given per process and in total. Each row also says which kernels ran the LSTMs (cuDNN, oneDNN or
-torch's own) and how many times a step made cuDNN copy their weights. Figures are printed
+DistributedDataParallel, as train.py does, and tokens/s is given per process and in total.
+Each row also says which kernels ran the LSTMs (cuDNN, oneDNN or torch's own) and how
+many times a step made cuDNN copy their weights. Figures are printed
 as they come (every 25 timed steps, and each timing's result), so that a run cut short
 still says what it measured; the table of medians follows at the end.
 

@@ -145,8 +145,8 @@ def test_a_budget_shrinks_the_1cycle_phases_and_a_run_that_falls_behind_still_an
     """The run plans from a measured 10 ms per step (given here, so that the plan does not
     depend on this machine's speed: 90 epochs never fit in 9 s); every step takes 10 ms
     more than it would, and from a third of the plan on 40 ms more (a busy GPU, a slower
-    machine than measured): the plan is re-fitted so that the 1cycle schedule, which averages nothing,
-    still reaches its end before the deadline."""
+    machine than measured): the plan is re-fitted so that the 1cycle schedule, which
+    averages nothing, still reaches its end before the deadline."""
     step_s = 0.01
     monkeypatch.setattr(budget, "measure", lambda trainer: dict(
         step_s=step_s, valid_s=0.05, test_s=0.05, save_s=0.01, save_bytes=2**20))
