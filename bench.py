@@ -24,9 +24,9 @@ the same threads, measured first. (a)-(d) and (g)-(i) step on WikiText-2 tokens.
 torchrun, every process steps its share of the batch's columns through
 DistributedDataParallel, as train.py does, and tokens/s is given per process and in total.
 Each row also says which kernels ran the LSTMs (cuDNN, oneDNN or torch's own) and how
-many times a step made cuDNN copy their weights. Figures are printed
-as they come (every 25 timed steps, and each timing's result), so that a run cut short
-still says what it measured; the table of medians follows at the end.
+many times a step made cuDNN copy their weights. Figures are printed as they come (every
+25 timed steps, and each timing's result), so that a run cut short still says what it
+measured; the table of medians follows at the end.
 
     python bench.py                      # defaults: paper shapes on CUDA, smaller on CPU
     python bench.py --full               # the full-size models on any device
