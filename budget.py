@@ -39,9 +39,9 @@ MARGIN_FRACTION, MARGIN_MIN_S, EPOCH_OVERHEAD = 0.03, 2.0, 1.03
 # while new shapes warm up, cannot shorten a plan by themselves; short near the end, where
 # a slowdown must be seen at once), and a re-fitted plan fills 95% of the time left. A plan
 # grows when its rest would take under 93% of it, to fill 98% (a slowdown re-fits it), and
-# only while a quarter of the training time is left: later little is won, and a 1cycle
-# anneal must not meet the deadline.
-PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_TO, GROW_UNTIL = 0.1, 0.95, 0.93, 0.98, 0.25
+# only while 30% of the training time is left: later little is won, and a 1cycle anneal
+# must not meet the deadline.
+PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_TO, GROW_UNTIL = 0.1, 0.95, 0.93, 0.98, 0.3
 
 
 def synchronize(device):
@@ -265,7 +265,7 @@ class Plan:
         self.layout, self.deadline = layout, deadline
         self.batch_ends = []  # under a deadline, when each batch of this process ended
         self.replanned = False  # re-fitted during the epoch in progress
-        self.grown_out = False  # grows no more: it could not, or it fell behind once
+        self.grown_out = False  # grew to --epochs: grows no more
 
     @property
     def epochs(self):
@@ -353,7 +353,7 @@ class Plan:
         fit = max(math.floor(REFIT_SHARE * seconds_left / pace), 0)
         if fit >= self.steps_left(epoch, batches_done):
             return None
-        expected, self.grown_out = self.layout.get("step_s"), True
+        expected = self.layout.get("step_s")
         return self.refit(steps_done, epoch, batches_done, fit, average_start,
                           f"behind the plan (a step takes {1000 * pace:.1f} ms"
                           + (f", {1000 * expected:.1f} ms planned" if expected else "") + ")")
