@@ -35,8 +35,8 @@ NOT_RUN = {
     "scripts/gpu_check.sh --smoke": "tests/test_gpu_check.py runs this very command",
 }
 
-# The checkpoints a page uses but leaves its reader to train first, and the README command
-# that trains each (a page runs on a copy of what the README's commands wrote).
+# The checkpoints a page uses but leaves its reader to train first: the page runs on copies
+# of those the README's commands wrote.
 PREREQUISITES = {"docs/evaluation.md": ["checkpoints/awd.pt", "checkpoints/cpu30.pt"]}
 
 
@@ -45,7 +45,7 @@ def commands(page):
     lines joined, `a && b` split in two), comments dropped."""
     text = open(os.path.join(REPO, page), encoding="utf-8").read()
     found = []
-    for indent, body in re.findall(r"^( *)```bash\n(.*?)^\1```", text, re.M | re.S):
+    for _indent, body in re.findall(r"^( *)```bash\n(.*?)^\1```", text, re.M | re.S):
         body = re.sub(r"\\\n\s*", " ", body)
         for line in body.splitlines():
             words = shlex.split(line, comments=True)
