@@ -73,7 +73,8 @@ class EpochLoop:
     """What surrounds the step within an epoch: its windows and where it ends (the data's
     end, --max-batches, the plan), the progress bar, and at sync points the loss check,
     the progress shown and the requests that any process made (a stop, a passed deadline,
-    a due save, a budget falling behind its plan). A context manager: the bar closes."""
+    a due save, a budget behind or ahead of its plan). A context manager: the bar closes,
+    and the plan's pace stops counting time until the next epoch."""
 
     def __init__(self, trainer, sums, stop, max_batches, log_interval, on_progress, save_every):
         self.trainer, self.sums, self.stop = trainer, sums, stop
@@ -96,10 +97,14 @@ class EpochLoop:
                                 left)
 
     def __enter__(self):
+        if self.trainer.plan is not None:  # (the pace counts training time only)
+            self.trainer.plan.resume(time.time())
         return self
 
     def __exit__(self, *exc):
         self.bar.close()
+        if self.trainer.plan is not None:
+            self.trainer.plan.pause(time.time())
 
     def ends_here(self, row, hidden, lr):
         """After each step (the next window at `row`, the schedule's `lr`): whether the

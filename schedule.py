@@ -11,7 +11,7 @@ state saves and restores it (`state_dict`).
 
 A planned schedule (onecycle, 1cycle) is laid over the steps that the run plans before its
 first batch (budget.py): `fit(steps)`, then `after_step(position)` with the schedule's step
-that the run has reached (budget.Plan.schedule_position, which spreads the rest of the
+that the run has reached (plans.Plan.schedule_position, which spreads the rest of the
 schedule over a re-fitted plan). A new schedule is a class here, its entry in SCHEDULES,
 and its words in the help of --schedule (settings.py); docs/training.md shows one.
 """

@@ -31,6 +31,7 @@ import time
 import budget
 import checkpoint
 import distributed
+import plans
 import signals
 from checkpoint import CheckpointError
 from data import Corpus, CorpusError, mean_nll
@@ -299,10 +300,10 @@ def plan_run(trainer, args, started):
         layout = budget.plan(60 * s["budget_minutes"], time.time() - started, speed,
                              trainer.steps_per_epoch(args.max_batches), s["epochs"],
                              s["average_start"])
-        trainer.set_plan(budget.Plan(layout))
+        trainer.set_plan(plans.Plan(layout))
         print(budget.describe(layout, speed, started, averages=trainer.schedule.averages))
     else:
-        trainer.set_plan(budget.Plan(budget.fixed_plan(
+        trainer.set_plan(plans.Plan(budget.fixed_plan(
             s["epochs"], trainer.steps_per_epoch(args.max_batches), s["average_start"])))
     trainer.plan.start_the_clock(started, spent=trainer.seconds_trained())
     line = trainer.schedule.describe()

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
-from budget import Plan
+from plans import Plan
 from data import batchify, mean_nll, mean_seq_len
 from distributed import SINGLE
 from epoch import MIN_WINDOW, EpochLoop, EpochSums, Position
@@ -103,7 +103,7 @@ class Trainer:
         self.objective = Objective(self.model, s["alpha"], s["beta"])
         self.optimizer = make_optimizer(s, self.model.parameters())
         self.schedule = make_schedule(s, self.optimizer)  # the one writer of the lr
-        self.plan = None  # a budget.Plan (a budget, onecycle or 1cycle): set_plan
+        self.plan = None  # a plans.Plan (a budget, onecycle or 1cycle): set_plan
         self.out_of_time = False
         self.rng = np.random.default_rng(s["seed"])  # variable BPTT lengths
         # (steps, batch) or, under torchrun, this process's columns of it
@@ -147,14 +147,14 @@ class Trainer:
     # The plan ------------------------------------------------------------------------------
 
     def set_plan(self, plan):
-        """Follow `plan` (a budget.Plan) from the next step: its epochs are the run's, and a
+        """Follow `plan` (a plans.Plan) from the next step: its epochs are the run's, and a
         planned schedule is laid over its steps."""
         self.plan, self.s["epochs"] = plan, plan.epochs
         if self.schedule.planned:
             self.schedule.fit(plan.schedule_steps)
 
     def fit_plan_to_epochs(self, epochs):
-        """A resume that changes --epochs of a planned run (budget.Plan.fit_to_epochs)."""
+        """A resume that changes --epochs of a planned run (plans.Plan.fit_to_epochs)."""
         batches = self.position.batches if self.position is not None else 0
         self.replan(self.plan.fit_to_epochs(epochs, self.steps, self.epoch, batches,
                                             self.s["average_start"]))

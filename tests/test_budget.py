@@ -210,26 +210,6 @@ def test_a_run_well_ahead_of_its_plan_grows_it_and_still_averages_its_last_quart
     assert summary["budget_used"] > 0 and f"({summary['budget_used']:.1%})" in out
 
 
-def test_a_plan_grows_the_epoch_in_progress_first_and_never_past_the_epochs_asked_for():
-    speed = dict(step_s=0.4, valid_s=1.0, test_s=1.0, save_s=0.0)
-    first = budget.plan(60.0, 0.0, speed, 100, 3, 0.75)
-    assert (first["epochs"], first["last_epoch_batches"], first["average_from"]) == (2, 33, 99)
-    # 10 steps into the first epoch, at a sixteenth of the pace measured: the averaging that
-    # has not begun moves to the last quarter of the grown plan
-    plan = budget.Plan(dict(first), deadline=1000.0)
-    line = plan.fill_the_time(10, 0, 10, 0.025, 50.0, 0.75)
-    assert line.startswith("ahead of the plan (a step takes 25.0 ms, 400.0 ms planned)")
-    assert (plan.epochs, plan.layout["total_steps"], plan.layout["average_from"]) == (
-        3, 300, 225)  # only up to --epochs 3
-    assert plan.fill_the_time(10, 0, 10, 0.025, 50.0, 0.75) is None and plan.grown_out
-    assert not plan.ahead(0, 10, 990.0)  # (no sync point asks again)
-    # 10 steps into the shorter last epoch: it grows to whole first; the averaging that has
-    # begun goes on
-    plan = budget.Plan(dict(first), deadline=1000.0)
-    plan.fill_the_time(110, 1, 10, 0.025, 50.0, 0.75)
-    assert (plan.epoch_batches(1), plan.epochs, plan.layout["average_from"]) == (100, 3, 99)
-
-
 def test_a_resume_that_lowers_the_epochs_of_a_1cycle_run_ends_it_annealed(repeating, tmp_path,
                                                                           monkeypatch, tiny):
     common = tiny["awd"] + ["--data", repeating, "--recipe", "1cycle", "--batch_size", "4",
@@ -251,28 +231,6 @@ def test_a_resume_that_lowers_the_epochs_of_a_1cycle_run_ends_it_annealed(repeat
     assert plan["total_steps"] == 3 * plan["batches_per_epoch"] == first_planned // 2
     assert state["scheduler"]["last_epoch"] == first_planned - 1  # the schedule's end
     assert float(csv_rows(tmp_path / "c.csv")[-1]["lr"]) < 0.005 / 100
-
-
-def test_a_refit_keeps_whole_epochs_and_spreads_the_rest_of_the_schedule():
-    p = budget.fixed_plan(10, 100, 0.75, budget_s=600.0, train_deadline_s=500.0, step_s=0.1)
-    # 250 steps into epoch 3 (index 2, 50 done): 750 planned steps left; 340 of them fit:
-    # the 50 left of this epoch, two whole epochs and a last of 90
-    assert budget.steps_left(p, 2, 50) == 750
-    new = budget.reshape(p, 250, 2, 50, 340, average_start=0.75)
-    assert (new["epochs"], new["last_epoch_batches"], new["total_steps"]) == (6, 90, 590)
-    assert budget.steps_left(new, 2, 50) == 340
-    assert new["average_from"] == math.floor(0.75 * 590)
-    assert new["schedule_steps"] == 1000 and new["schedule_anchor"] == [250, 250]
-    positions = [budget.schedule_position(new, step) for step in range(250, 591)]
-    assert positions[0] == 250 and positions[-1] == 1000  # the schedule's end, on time
-    assert all(2 <= b - a <= 3 for a, b in zip(positions, positions[1:]))  # evenly spread
-    # a second re-fit (at the start of epoch 5) goes on from where the schedule stands
-    again = budget.reshape(new, 450, 4, 0, 40, average_start=0.75)
-    assert again["schedule_anchor"] == [450, budget.schedule_position(new, 450)]
-    assert again["epochs"] == 5 and budget.schedule_position(again, 490) == 1000
-    # fewer steps than the epoch in progress has left: it becomes the last
-    short = budget.reshape(p, 250, 2, 50, 20, average_start=0.75)
-    assert (short["epochs"], short["last_epoch_batches"], short["total_steps"]) == (3, 70, 270)
 
 
 def test_the_checkpoint_writes_are_measured_at_the_size_of_the_states_to_come(repeating,
@@ -302,17 +260,3 @@ def test_the_plan_of_one_epoch_says_its_steps_once():
     assert line.startswith("plan: 1 epoch of 49 steps, averaging from step 36; training stops")
     two = budget.fixed_plan(2, 49, 0.75, budget_s=60.0, train_deadline_s=50.0)
     assert "plan: 2 epochs of 49 steps (98 steps)," in budget.describe(two, SPEED, time.time())
-
-
-def test_the_pace_is_read_over_the_latest_batches_that_span_the_window():
-    """A budget run judges whether it is behind by its recent pace: over the latest batches
-    that span the window asked for (long early in a run, short near its deadline), never
-    the first batch alone, and not at all before the record spans the window."""
-    ends = [0.0, 1.0, 2.0, 3.0, 13.0, 23.0]  # ten times slower from the fifth batch
-    assert budget.recent_pace(ends, 15.0) == 10.0  # from 3.0: the slow batches alone
-    assert budget.recent_pace(ends, 23.0) == 23.0 / 5  # all after the first batch
-    assert budget.recent_pace(ends, 0.0) == 10.0  # two batches at least
-    assert budget.recent_pace(ends, 24.0) is None  # not that long yet
-    assert budget.recent_pace([0.0, 1.0], 0.0) is None
-    assert budget.recent_pace([], 0.0) is None
-

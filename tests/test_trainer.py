@@ -8,6 +8,7 @@ import torch
 
 import budget
 import checkpoint
+import plans
 import trainer as trainer_module
 from data import Corpus
 from settings import defaults
@@ -116,7 +117,7 @@ def test_a_plan_re_fitted_within_an_epoch_ends_the_epoch_there_at_the_cycles_end
     trainer = tiny_trainer(repeating, tmp_path, schedule="1cycle", optimizer="adam",
                            lr=0.005, variable_bptt=False)
     planned = trainer.steps_per_epoch()
-    trainer.set_plan(budget.Plan(budget.fixed_plan(1, planned, 0.75, budget_s=60.0,
+    trainer.set_plan(plans.Plan(budget.fixed_plan(1, planned, 0.75, budget_s=60.0,
                                                    train_deadline_s=0.0, step_s=0.001)))
     original = Trainer.after_step
 
