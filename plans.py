@@ -18,10 +18,10 @@ from util import plural
 # tenth of the time left (long enough early on that the first windows of a run, slower
 # while new shapes warm up, cannot shorten a plan by themselves; short near the end, where
 # a slowdown must be seen at once), and a re-fitted plan fills 95% of the time left. A plan
-# grows when its rest would take under 93% of it, to fill 98% (a slowdown re-fits it), and
+# grows when its rest would take under 90% of it, to fill 98% (a slowdown re-fits it), and
 # only while 30% of the training time is left: later little is won, and a 1cycle anneal
 # must not meet the deadline.
-PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_TO, GROW_UNTIL = 0.1, 0.95, 0.93, 0.98, 0.3
+PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_TO, GROW_UNTIL = 0.1, 0.95, 0.9, 0.98, 0.3
 
 # The lr schedule of a planned run (1cycle, onecycle) is laid over the steps first planned,
 # plan["schedule_steps"]. When the run re-fits its plan (it fell behind the deadline, or a
