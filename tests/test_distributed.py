@@ -266,6 +266,9 @@ def test_a_process_that_hangs_is_reported_with_the_resume_command_after_sync_tim
                                 stderr=subprocess.PIPE, text=True, env=env)
     for line in launcher.stdout:
         if line.startswith("epoch    1 |"):
+            # every process takes part in writing the state: stop rank 1 once it is written
+            while not (tmp_path / "m.state.pt").exists():
+                time.sleep(0.05)
             hung = worker_of_rank(launcher.pid, 1)
             os.kill(hung, signal.SIGSTOP)
             break
