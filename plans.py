@@ -46,9 +46,9 @@ def steps_left(p, epoch, batches_done):
 
 def reshape(p, steps_done, epoch, batches_done, steps, average_start):
     """The plan `p` re-fitted to `steps` more steps after `batches_done` of epoch `epoch`
-    (`steps_done` in all): the epoch in progress ends sooner or later epochs drop, the rest
-    of the lr schedule spreads over the new rest, and a planned average that has not begun
-    starts at `average_start` of the new total."""
+    (`steps_done` in all): the epoch in progress ends sooner or later, epochs drop or are
+    added, the rest of the lr schedule spreads over the new rest, and a planned average that
+    has not begun starts at `average_start` of the new total."""
     rest, per_epoch = max(epoch_batches(p, epoch) - batches_done, 0), p["batches_per_epoch"]
     rest = max(rest, per_epoch - batches_done)  # (a shortened last epoch may grow to whole)
     if steps <= rest:  # the epoch in progress becomes the last
@@ -90,8 +90,8 @@ def epochs_in_words(p):
 
 def recent_pace(batch_ends, at_least):
     """Seconds per batch over the latest of `batch_ends` (when each batch ended, by the wall
-    clock, so that the validations and writes between epochs count too) that span
-    `at_least` seconds and two batches at least; None before the record spans that long."""
+    clock, the pauses between epochs taken out: Plan.resume) that span `at_least` seconds
+    and two batches at least; None before the record spans that long."""
     start = bisect.bisect_right(batch_ends, batch_ends[-1] - at_least) - 1 if batch_ends else -1
     start = min(start, len(batch_ends) - 3)
     if start < 0:

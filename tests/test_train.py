@@ -813,9 +813,15 @@ def test_a_stop_during_the_final_test_exits_130_and_keeps_the_checkpoints(
 
     real_mean_nll = train.mean_nll
     monkeypatch.setattr(train, "mean_nll", signalled)
-    with pytest.raises(SystemExit) as exit_:
-        run(tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
-                           "--save", tmp_path / "m.pt"])
+    # Python's own Ctrl-C, even when this process was started with SIGINT ignored (as bash
+    # starts a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run(tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                               "--save", tmp_path / "m.pt"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert exit_.value.code == 130
     assert "aborted; checkpoints on disk are intact" in capsys.readouterr().err
     summary = json.load(open(tmp_path / "m.json"))
