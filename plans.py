@@ -242,7 +242,7 @@ class Plan:
                       average_start):
         """Ahead of the plan: grow its rest to fill GROW_TO of `seconds_left` at `pace`, up
         to --epochs; returns refit's line, or None when it stands."""
-        fit = self.steps_that_fit(epoch, batches_done, GROW_TO * seconds_left, pace)
+        fit = pace and self.steps_that_fit(epoch, batches_done, GROW_TO * seconds_left, pace)
         if not pace or fit <= self.steps_left(epoch, batches_done):
             self.grown_out = True  # (--epochs reached: no sync point asks again)
             return None
