@@ -121,8 +121,10 @@ class EpochLoop:
                         late=plan is not None and plan.late(now),
                         save_due=self.save_every is not None and
                         now - self.last_save >= self.save_every,
-                        behind=plan is not None and plan.behind(t.epoch, sums.batches, now),
-                        ahead=plan is not None and plan.ahead(t.epoch, sums.batches, now))
+                        behind=plan is not None and plan.behind(t.steps, t.epoch, sums.batches,
+                                                                now),
+                        ahead=plan is not None and plan.ahead(t.steps, t.epoch, sums.batches,
+                                                              now))
         if not self.syncs.due(sums.batches, at_end, report):
             return False
         agreed = self.sync(report, lr)

@@ -17,11 +17,13 @@ from util import plural
 # Keeping to a budget's deadline: the pace is measured over the latest batches that span a
 # tenth of the time left (long enough early on that the first windows of a run, slower
 # while new shapes warm up, cannot shorten a plan by themselves; short near the end, where
-# a slowdown must be seen at once), and a re-fitted plan fills 95% of the time left. A plan
-# grows when its rest would take under 90% of it, to fill 98% (a slowdown re-fits it), and
-# only while 30% of the training time is left: later little is won, and a 1cycle anneal
-# must not meet the deadline.
-PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_TO, GROW_UNTIL = 0.1, 0.95, 0.9, 0.98, 0.3
+# a slowdown must be seen at once). A plan is re-fitted to fill 96% of the time left when
+# its rest would overrun it, or take under 92% of it; the plan then sits 4% from either
+# edge, so that the pace's own jitter does not swing it back and forth. It grows only while
+# 15% of the training time is left: later little is won, and a 1cycle anneal must not meet
+# the deadline. (What a 30-minute run left unused with other shares:
+# results/cpu30/selection/README.md.)
+PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_TO, GROW_UNTIL = 0.1, 0.96, 0.92, 0.96, 0.15
 
 # The lr schedule of a planned run (1cycle, onecycle) is laid over the steps first planned,
 # plan["schedule_steps"]. When the run re-fits its plan (it fell behind the deadline, or a
@@ -180,6 +182,16 @@ class Plan:
             self.batch_ends = [end + now - self.paused_at for end in self.batch_ends]
         self.paused_at = None
 
+    def pace_to_come(self, steps_done, epoch, batches_done, pace):
+        """`pace` (seconds per step lately) with the measured cost of the weight average's
+        update (budget.measure) spread over the steps left, for those that will average
+        and do not yet, after `steps_done` steps (`batches_done` of epoch `epoch`)."""
+        extra, start = self.layout.get("average_s", 0.0), self.layout["average_from"]
+        left = self.steps_left(epoch, batches_done)
+        if not (pace and extra) or steps_done >= start or left <= 0:
+            return pace
+        return pace + extra * max(left - (start - steps_done), 0) / left
+
     def seconds_needed(self, epoch, batches_done, pace):
         """The plan's steps left at `pace`, and the ends of its epochs before the last."""
         return (self.steps_left(epoch, batches_done) * pace
@@ -199,20 +211,21 @@ class Plan:
         fits = extra >= per_epoch // 10 and epoch + 1 + whole < most
         return this_epoch + whole * per_epoch + (extra if fits else 0)
 
-    def behind(self, epoch, batches_done, now):
-        """Whether, at this process's recent pace, the plan's rest would run past the
-        deadline."""
+    def behind(self, steps_done, epoch, batches_done, now):
+        """Whether, at this process's recent pace (pace_to_come), the plan's rest would run
+        past the deadline."""
         pace = self.pace(now) if self.deadline is not None else None
+        pace = self.pace_to_come(steps_done, epoch, batches_done, pace)
         return pace is not None and self.seconds_needed(epoch, batches_done, pace) > \
             self.deadline - now
 
-    def ahead(self, epoch, batches_done, now):
+    def ahead(self, steps_done, epoch, batches_done, now):
         """Whether a budget's plan (that records how far it may grow) would end training in
         under GROW_BELOW of the time left at this process's recent pace (GROW_UNTIL)."""
         if (self.deadline is None or "max_epochs" not in self.layout or self.grown_out
                 or self.deadline - now < GROW_UNTIL * self.layout["train_deadline_s"]):
             return False
-        pace = self.pace(now)
+        pace = self.pace_to_come(steps_done, epoch, batches_done, self.pace(now))
         return pace is not None and self.seconds_needed(epoch, batches_done, pace) < \
             GROW_BELOW * (self.deadline - now)
 
@@ -232,6 +245,7 @@ class Plan:
         or None when no re-fit was needed (or no process has measured its pace yet)."""
         if not pace:
             return None
+        pace = self.pace_to_come(steps_done, epoch, batches_done, pace)
         fit = self.steps_that_fit(epoch, batches_done, REFIT_SHARE * seconds_left, pace)
         if fit >= self.steps_left(epoch, batches_done):
             return None
@@ -242,6 +256,7 @@ class Plan:
                       average_start):
         """Ahead of the plan: grow its rest to fill GROW_TO of `seconds_left` at `pace`, up
         to --epochs; returns refit's line, or None when it stands."""
+        pace = self.pace_to_come(steps_done, epoch, batches_done, pace)
         fit = pace and self.steps_that_fit(epoch, batches_done, GROW_TO * seconds_left, pace)
         if not pace or fit <= self.steps_left(epoch, batches_done):
             self.grown_out = True  # (--epochs reached: no sync point asks again)

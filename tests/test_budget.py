@@ -21,11 +21,11 @@ SPEED = dict(step_s=0.1, valid_s=2.0, test_s=5.0, save_s=0.5, save_bytes=3 * 2**
 
 
 def test_the_plan_fits_whole_epochs_after_the_test_and_a_margin():
-    p = budget.plan(600.0, 10.0, SPEED, steps_per_epoch=100, max_epochs=750, average_start=0.75)
+    p = budget.plan(600.0, 15.0, SPEED, steps_per_epoch=100, max_epochs=750, average_start=0.75)
     margin = max(budget.MARGIN_FRACTION * 600, budget.MARGIN_MIN_S)
     epoch_s = budget.EPOCH_OVERHEAD * (100 * 0.1 + 2.0 + 0.5)
-    assert p["epochs"] == math.floor((600 - 10 - 5 - margin) / epoch_s)  # (no room for more)
-    assert p["epochs"] * epoch_s + 10 + 5 <= 600
+    assert p["epochs"] == math.floor((600 - 15 - 5 - margin) / epoch_s)  # (no room for more)
+    assert p["epochs"] * epoch_s + 15 + 5 <= 600
     assert p["total_steps"] == 100 * p["epochs"]
     assert p["average_from"] == math.floor(0.75 * p["total_steps"])
     assert p["train_deadline_s"] == 600 - margin - 5.0 - 2.0 - 0.5
@@ -52,6 +52,17 @@ def test_the_time_left_after_whole_epochs_goes_to_a_shorter_last_one():
     assert "plan: 2 epochs of 1,000 steps and a last of " in budget.describe(p, SPEED, 0.0)
 
 
+def test_the_plan_counts_the_weight_averages_updates_in_the_steps_that_average():
+    # averaging the last quarter at 0.4 s an update: 0.1 s more per step over the whole plan
+    slow = budget.plan(300.0, 0.0, dict(SPEED, step_s=0.1, average_s=0.4), 1000, 50, 0.75)
+    even = budget.plan(300.0, 0.0, dict(SPEED, step_s=0.2), 1000, 50, 0.75)
+    assert slow["total_steps"] == even["total_steps"] < budget.plan(
+        300.0, 0.0, SPEED, 1000, 50, 0.75)["total_steps"]
+    assert slow["average_s"] == 0.4
+    assert "(and 400.0 ms to update the average)" in budget.describe(
+        slow, dict(SPEED, average_s=0.4), 0.0)
+
+
 def test_measuring_leaves_the_model_and_the_random_state_untouched(repeating, tmp_path):
     settings = {**defaults("awd"), "emsize": 8, "nhid": 12, "batch_size": 4,
                 "bptt": 10, "model": "awd", "finetune": None, "save": str(tmp_path / "m.pt")}
@@ -59,7 +70,7 @@ def test_measuring_leaves_the_model_and_the_random_state_untouched(repeating, tm
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     rng = torch.get_rng_state()
     speed = budget.measure(trainer)
-    assert all(speed[k] > 0 for k in ("step_s", "valid_s", "test_s", "save_s"))
+    assert all(speed[k] > 0 for k in ("step_s", "average_s", "valid_s", "test_s", "save_s"))
     assert torch.equal(torch.get_rng_state(), rng)
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(v, before[k])

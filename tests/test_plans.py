@@ -19,7 +19,7 @@ def test_a_plan_grows_the_epoch_in_progress_first_and_never_past_the_epochs_aske
     assert (plan.epochs, plan.layout["total_steps"], plan.layout["average_from"]) == (
         3, 300, 225)  # only up to --epochs 3
     assert plan.fill_the_time(10, 0, 10, 0.025, 50.0, 0.75) is None and plan.grown_out
-    assert not plan.ahead(0, 10, 990.0)  # (no sync point asks again)
+    assert not plan.ahead(10, 0, 10, 990.0)  # (no sync point asks again)
     # 10 steps into the shorter last epoch: it grows to whole first; the averaging that has
     # begun goes on
     plan = plans.Plan(dict(first), deadline=1000.0)
@@ -70,3 +70,22 @@ def test_the_pace_leaves_out_the_time_between_epochs():
     plan.resume(32.0)
     plan.batch_ended(33.0)
     assert plan.batch_ends == [30.0, 31.0, 32.0, 33.0] and plan.pace(33.0) == 1.0
+
+
+def test_the_steps_that_will_average_cost_the_measured_update_until_they_do():
+    """A plan whose average has not begun counts its updates in the pace of the steps left
+    (the pace measured so far has none); once the average runs, the pace has them."""
+    layout = budget.fixed_plan(1, 100, 0.5, budget_s=200.0, train_deadline_s=140.0)
+    plan, unaware = plans.Plan(dict(layout, average_s=1.0)), plans.Plan(layout)
+    for p in (plan, unaware):
+        p.start_the_clock(started=0.0, spent=0.0)
+        for now in range(0, 41):
+            p.batch_ended(float(now))  # a step a second over the first 40 steps
+    assert plan.pace_to_come(40, 0, 40, 1.0) == 1.0 + 50 / 60  # 50 of the 60 left average
+    assert plan.pace_to_come(50, 0, 50, 1.0) == 1.0  # averaging: in the pace already
+    # 60 steps of a second fit in the 100 s left, but not with 50 updates of a second
+    assert plan.behind(40, 0, 40, 40.0) and not unaware.behind(40, 0, 40, 40.0)
+    assert plan.keep_to_the_deadline(40, 0, 40, 1.0, 100.0, 0.5).startswith("behind the plan")
+    left = plan.steps_left(0, 40)
+    averaging = plan.layout["total_steps"] - plan.layout["average_from"]
+    assert 90.0 < left * 1.0 + averaging * 1.0 <= 100.0  # the re-fitted rest, as it will take
