@@ -3,9 +3,10 @@
 Before the first batch the run measures itself on throwaway copies (the model, optimizer
 and random-number state it will train with are left untouched): seconds per training step,
 and seconds for one validation pass, for the final test pass, for an epoch's checkpoint
-writes and for an update of the weight average (when the run averages). `plan` then fixes the number of epochs whose training and validation fit, after
-the test and a safety margin, and the step from which the weights are averaged. The plan is
-printed and kept in the training state; plans.Plan keeps the run to it as it goes.
+writes and for an update of the weight average (when the run averages). `plan` then fixes
+the number of epochs whose training and validation fit, after the test and a safety
+margin, and the step from which the weights are averaged. The plan is printed and kept in
+the training state; plans.Plan keeps the run to it as it goes.
 """
 
 import itertools
