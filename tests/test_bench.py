@@ -46,7 +46,9 @@ def test_bench_prints_every_configuration_with_positive_figures(capsys):
         assert float(row.group(4)) > 1 and row.group(5) == "float32"
         assert row.group(6) in ("onednn", "native")  # no cuDNN on the CPU
         assert row.group(7) == "0"  # and so no re-packs
-        assert float(row.group(9)) > 0 and float(row.group(10)) >= 0 and peak > 0  # (tiny: 0.0%)
+        # (tiny shapes: a share of 0.0%, or, with the other core busy during the 64 x 64
+        # matmuls, a peak printed as 0.0 GFLOP/s)
+        assert float(row.group(9)) > 0 and float(row.group(10)) >= 0 and peak >= 0
     for ratio in ("a/b", "c/d", "e/f", "g/h", "a/i"):
         assert re.search(rf"^{ratio} .*\s\d+\.\d{{3}}$", out, re.M), ratio
     # (e) and (f) have WikiText-103's vocabulary: the full softmax's 267,735 x 16 decoder

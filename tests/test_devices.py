@@ -79,28 +79,28 @@ def test_evaluation_reads_a_tf32_or_bf16_checkpoint_anywhere():
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULTS = """
-import resource, sys, torch, devices
-kept = sys.argv[1] == "keep" and devices.keep_freed_memory(torch.device("cpu"))
-for _ in range(10):  # (the first large blocks are faulted in either way)
-    torch.empty(2**24).fill_(1.0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    torch.empty(2**24).fill_(1.0)  # 64 MB, freed at once, as a step's gradients are
-print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+import resource, torch, devices
+
+def faults():  # minor page faults of 20 blocks of 64 MB, each freed at once, as a step's
+    for _ in range(10):  # gradients are (the first large blocks are faulted in either way)
+        torch.empty(2**24).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        torch.empty(2**24).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+without = faults()  # glibc's defaults first: the setting lasts for the process
+print(without, devices.keep_freed_memory(torch.device("cpu")), faults())
 """
 
 
 def test_on_the_cpu_freed_memory_is_reused_without_page_faults():
     """glibc maps every 64 MB block afresh (16,384 pages faulted in each time); kept, the
     process reuses the memory it freed. A count of faults, not a timing."""
-    def faults(mode):
-        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True,
-                             text=True, check=True, cwd=REPO).stdout.split()
-        return out[0] == "True", int(out[1])
-
-    kept, with_keep = faults("keep")
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout.split()
+    without, kept, with_keep = int(out[0]), out[1] == "True", int(out[2])
     if not kept:
         pytest.skip("no glibc mallopt here")
-    _, without = faults("default")
     assert without > 20 * 10_000 and with_keep < 1_000
     assert not devices.keep_freed_memory(torch.device("cuda"))  # nothing changes on a GPU
