@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -106,9 +107,9 @@ def workplace(directory):
     return directory
 
 
-def run_page(page, directory, corpus):
-    """Each command of `page` in `directory`, in order: (the commands that ran, the first
-    failure's message or None)."""
+def run_page(page, directory, corpus, after_each=lambda: None):
+    """Each command of `page` in `directory`, in order, calling `after_each()` after each:
+    (the commands that ran, the first failure's message or None)."""
     ran = []
     readme = commands("README.md") if page != "README.md" else []
     for words in commands(page):
@@ -116,6 +117,7 @@ def run_page(page, directory, corpus):
             continue
         done = run_in(directory, tiny(words, corpus))
         ran.append(shlex.join(words))
+        after_each()
         if done.returncode != 0:
             return ran, (f"{page}: `{ran[-1]}` failed:\n{done.stdout[-1500:]}\n"
                          f"{done.stderr[-1500:]}")
@@ -135,20 +137,36 @@ def run_docs_page(page, readme_directory, root, corpus):
 @pytest.fixture(scope="module")
 def pages_run(tmp_path_factory, random_text):
     """Every page's commands, run once: {page: (the commands that ran, a failure or None)}
-    and the README's directory. Two at a time (two cores): the README, and the pages that
-    need nothing of it, then those that do."""
+    and the README's directory. Two at a time (two cores): the README in one thread; in the
+    other, the pages that need nothing of it, then each page that does once the README's
+    commands have written what it needs."""
     root = tmp_path_factory.mktemp("docs")
     readme = workplace(root / "readme")
+    ready = {page: threading.Event() for page in PREREQUISITES}
+
+    def release():
+        for page, event in ready.items():
+            if all((readme / needed).exists() for needed in PREREQUISITES[page]):
+                event.set()
+
+    def the_readme():
+        try:
+            return run_page("README.md", readme, random_text, after_each=release)
+        finally:  # (a README that failed early: the pages below fail on what is missing)
+            for event in ready.values():
+                event.set()
+
+    def the_other_pages():
+        results = {}
+        for page in PAGES[1:]:
+            if page in ready:
+                ready[page].wait()
+            results[page] = run_docs_page(page, readme, root, random_text)
+        return results
+
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(run_page, "README.md", readme, random_text)
-        alone = {p: pool.submit(run_docs_page, p, readme, root, random_text)
-                 for p in PAGES[1:] if p not in PREREQUISITES}
-        first.result()  # (what the pages below copy is there)
-        after = {p: pool.submit(run_docs_page, p, readme, root, random_text)
-                 for p in PREREQUISITES}
-        results = {"README.md": first.result(),
-                   **{p: job.result() for p, job in {**alone, **after}.items()}}
-    return results, readme
+        first, others = pool.submit(the_readme), pool.submit(the_other_pages)
+        return {"README.md": first.result(), **others.result()}, readme
 
 
 def test_the_readme_commands_run_in_order(pages_run):
