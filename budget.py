@@ -23,9 +23,9 @@ from util import remove_quietly, size_in_words, tensor_bytes
 
 # Part of the budget kept free for what the measurements cannot see (the first CUDA
 # kernels, jitter): 2% of it, at least 2 seconds (the deadline, not the margin, is what
-# keeps a run that slows down inside its budget: plans.py). Epochs also cost a little more than
-# their measured parts (Python around the loop, the metrics file): 3% measured on tiny
-# CPU runs, where that overhead weighs most.
+# keeps a run that slows down inside its budget: plans.py). Epochs also cost a little more
+# than their measured parts (Python around the loop, the metrics file): 3% measured on
+# tiny CPU runs, where that overhead weighs most.
 MARGIN_FRACTION, MARGIN_MIN_S, EPOCH_OVERHEAD = 0.02, 2.0, 1.03
 
 
@@ -37,8 +37,8 @@ def synchronize(device):
 def measure(trainer, warmup=2, steps=20):
     """Seconds per training step, per update of the weight average (0 for a run that does
     not average), per validation pass, per test pass and for the checkpoint writes of an
-    epoch (and the bytes those write), measured on copies of the trainer's
-    model and optimizer (and a probe file, removed); the RNG states are restored
+    epoch (and the bytes those write), measured on copies of the trainer's model and
+    optimizer (and a probe file, removed); the RNG states are restored
     afterwards. Under torchrun every process measures together (its steps and passes talk
     to the others) and the main process's figures are returned to all, so that all of them
     plan alike."""

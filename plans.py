@@ -19,7 +19,7 @@ from util import plural
 # while new shapes warm up, cannot shorten a plan by themselves; short near the end, where
 # a slowdown must be seen at once). A plan is re-fitted to fill 96% of the time left when
 # its rest would overrun it, or take under 92% of it; the plan then sits 4% from either
-# edge, so that the pace's own jitter does not swing it back and forth. It grows only while
+# edge, so that a few percent of jitter does not swing it back and forth. It grows only while
 # 15% of the training time is left: later little is won, and a 1cycle anneal must not meet
 # the deadline. (What a 30-minute run left unused with other shares:
 # results/cpu30/selection/README.md.)

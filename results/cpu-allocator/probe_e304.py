@@ -1,9 +1,9 @@
-"""probe.py: minor page faults and milliseconds per training step of --recipe cpu30's model
-on WikiText-2, with glibc's default allocation (`default`) or with freed memory kept for
-reuse (`keep`: devices.keep_freed_memory, which train.py applies on the CPU), and a sum of
-the trained weights to show that both compute the same numbers.
+"""probe_e304.py: results/cpu-allocator/probe.py as it runs in a worktree of e304d6d, which
+kept StopRequest in devices.py and had no devices.keep_freed_memory (two lines differ):
+the cpu30 step before the kept memory, for e304d6d-side-by-side.txt.
 
-    python results/cpu-allocator/probe.py default|keep      # from the repository root
+    git worktree add /tmp/e304 e304d6d && cp results/cpu-allocator/probe_e304.py /tmp/e304
+    (cd /tmp/e304 && python probe_e304.py default)
 """
 
 import os
