@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -143,8 +144,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, devic
     common = tiny["awd"] + SYNC_OFTEN + NO_DROPOUT + [
         "--data", data, "--epochs", "3", "--nonmono", "1", "--max-batches", "25", "--device",
         device]
-    train(common + ["--save", tmp_path / "one.pt"])
-    two = train(common + ["--save", tmp_path / "two.pt"], processes=2)
+    with ThreadPoolExecutor(2) as pool:  # (side by side: each its own files)
+        one = pool.submit(train, common + ["--save", tmp_path / "one.pt"])
+        two = pool.submit(train, common + ["--save", tmp_path / "two.pt"], processes=2)
+        one, two = one.result(), two.result()
 
     lines = two.stdout.splitlines()
     assert lines[0] == f"torchrun: 2 processes ({backend})"
@@ -256,11 +259,11 @@ def test_a_stop_that_reaches_one_process_stops_all_and_the_run_resumes_exactly(t
 def test_a_process_that_hangs_is_reported_with_the_resume_command_after_sync_timeout(
         tmp_path, make_corpus, tiny):
     """Rank 1 stopped by SIGSTOP in epoch 2 (alive, connected, silent: a hang): rank 0 waits
-    --sync-timeout (here 15 s), not gloo's default 30 minutes, then says so in one line with
+    --sync-timeout (here 9 s), not gloo's default 30 minutes, then says so in one line with
     the command that resumes from the epoch-1 state."""
     data = random_corpus(make_corpus, 1000, seed=1)
     argv = tiny["awd"] + SYNC_OFTEN + ["--data", data, "--epochs", "2", "--max-batches", "200",
-                                       "--sync-timeout", "0.25", "--save", tmp_path / "m.pt"]
+                                       "--sync-timeout", "0.15", "--save", tmp_path / "m.pt"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launcher = subprocess.Popen(command(argv, 2), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env)
@@ -272,7 +275,7 @@ def test_a_process_that_hangs_is_reported_with_the_resume_command_after_sync_tim
             hung = worker_of_rank(launcher.pid, 1)
             os.kill(hung, signal.SIGSTOP)
             break
-    deadline = time.time() + 150  # (15 s and the start of two processes, with room)
+    deadline = time.time() + 150  # (9 s and the start of two processes, with room)
     while worker_of_rank(launcher.pid, 0) is not None and time.time() < deadline:
         time.sleep(0.5)
     os.kill(hung, signal.SIGKILL)  # (torchrun's SIGTERM waits on a stopped process)
@@ -282,7 +285,7 @@ def test_a_process_that_hangs_is_reported_with_the_resume_command_after_sync_tim
     assert "another process of this run was lost (gloo: no answer within --sync-timeout" \
         in errors[0]
     assert "--resume " + str(tmp_path / "m.state.pt") in errors[0], errors[0]
-    assert "--sync-timeout 0.25" in errors[0]  # the resume keeps the run's options
+    assert "--sync-timeout 0.15" in errors[0]  # the resume keeps the run's options
     assert checkpoint.load(str(tmp_path / "m.state.pt"), kind="state")["epoch"] == 1
 
 
