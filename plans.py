@@ -23,7 +23,7 @@ from util import plural
 # 15% of the training time is left: later little is won, and a 1cycle anneal must not meet
 # the deadline. (What a 30-minute run left unused with other shares:
 # results/cpu30/selection/README.md.)
-PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_TO, GROW_UNTIL = 0.1, 0.96, 0.92, 0.96, 0.15
+PACE_WINDOW, REFIT_SHARE, GROW_BELOW, GROW_UNTIL = 0.1, 0.96, 0.92, 0.15
 
 # The lr schedule of a planned run (1cycle, onecycle) is laid over the steps first planned,
 # plan["schedule_steps"]. When the run re-fits its plan (it fell behind the deadline, or a
@@ -241,12 +241,13 @@ class Plan:
     def keep_to_the_deadline(self, steps_done, epoch, batches_done, pace, seconds_left,
                              average_start):
         """Behind the plan: re-fit its rest into REFIT_SHARE of `seconds_left` at `pace`
-        (what the processes agreed on, so that each re-fits alike); returns refit's line,
-        or None when no re-fit was needed (or no process has measured its pace yet)."""
+        (what the processes agreed on, so that each re-fits alike), with the updates of an
+        average not yet begun (pace_to_come); returns refit's line, which gives the pace
+        met, or None when no re-fit was needed (or no process has measured its pace yet)."""
         if not pace:
             return None
-        pace = self.pace_to_come(steps_done, epoch, batches_done, pace)
-        fit = self.steps_that_fit(epoch, batches_done, REFIT_SHARE * seconds_left, pace)
+        fit = self.steps_that_fit(epoch, batches_done, REFIT_SHARE * seconds_left,
+                                  self.pace_to_come(steps_done, epoch, batches_done, pace))
         if fit >= self.steps_left(epoch, batches_done):
             return None
         return self.refit(steps_done, epoch, batches_done, fit, average_start,
@@ -254,10 +255,11 @@ class Plan:
 
     def fill_the_time(self, steps_done, epoch, batches_done, pace, seconds_left,
                       average_start):
-        """Ahead of the plan: grow its rest to fill GROW_TO of `seconds_left` at `pace`, up
-        to --epochs; returns refit's line, or None when it stands."""
-        pace = self.pace_to_come(steps_done, epoch, batches_done, pace)
-        fit = pace and self.steps_that_fit(epoch, batches_done, GROW_TO * seconds_left, pace)
+        """Ahead of the plan: grow its rest to fill REFIT_SHARE of `seconds_left` at `pace`,
+        up to --epochs; returns refit's line, or None when it stands."""
+        fit = pace and self.steps_that_fit(epoch, batches_done, REFIT_SHARE * seconds_left,
+                                           self.pace_to_come(steps_done, epoch, batches_done,
+                                                             pace))
         if not pace or fit <= self.steps_left(epoch, batches_done):
             self.grown_out = True  # (--epochs reached: no sync point asks again)
             return None

@@ -88,4 +88,4 @@ def test_the_steps_that_will_average_cost_the_measured_update_until_they_do():
     assert plan.keep_to_the_deadline(40, 0, 40, 1.0, 100.0, 0.5).startswith("behind the plan")
     left = plan.steps_left(0, 40)
     averaging = plan.layout["total_steps"] - plan.layout["average_from"]
-    assert 90.0 < left * 1.0 + averaging * 1.0 <= 100.0  # the re-fitted rest, as it will take
+    assert 90 < left + averaging <= 100  # the re-fitted rest's seconds: a step, an update
