@@ -48,10 +48,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import distributed
-from budget import synchronize
 from data import Corpus, CorpusError, batchify, windows
 from devices import (PRECISIONS, check_bf16, describe_device, keep_freed_memory,
-                     out_of_memory, set_precision)
+                     out_of_memory, set_precision, synchronize)
 from model import CLUSTER_SHRINK, build_model, count_parameters, model_config
 from settings import (COUNT, DEFAULT_DATA, RECIPES, Parser, SettingsError, ShowDefaults,
                       checked, cutoff_list, defaults)

@@ -3,6 +3,7 @@ numeric precision (--precision, applied alike by every script).
 
     device = pick_device("auto")        # CUDA when PyTorch sees a GPU, else the CPU
     keep_freed_memory(device)           # on the CPU: no page faults for large tensors
+    synchronize(device)                 # before reading a clock: the GPU's queue done
     set_precision("bf16", device)       # --precision, as every script applies it
     check_bf16(device, model, 80)       # bf16: the model's LSTMs run here, or why not
 
@@ -27,6 +28,13 @@ def pick_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def synchronize(device):
+    """Wait for the work queued on `device` (a GPU runs it asynchronously): a clock read
+    after this counts it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def describe_device(device):

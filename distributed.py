@@ -4,8 +4,8 @@ torchrun starts train.py once per process, with RANK, LOCAL_RANK and WORLD_SIZE 
 environment. The processes share one global batch: each takes its own block of the
 batchified split's columns, DistributedDataParallel averages their gradients, so every
 process holds the same weights after every step. What one process may learn before the
-others (a signal, a passed deadline, a due save, a slower pace than planned) they decide
-together at sync points of the epoch loop (SyncPoints); the main process (rank 0) alone
+others (a signal, a budget's time running out, a due save) they decide together at sync
+points of the epoch loop (SyncPoints); the main process (rank 0) alone
 writes files and prints.
 
 `Group` is that set of processes. For a run without torchrun it is a single process, and
@@ -261,25 +261,21 @@ def start(device_name, timeout_minutes=5.0):
 class Report:
     """What one process brings to a sync point, and, from SyncPoints.agree, what all of them
     agreed on: the loss sum and tokens of the epoch so far, summed; seconds per batch since
-    the last sync point, the recent pace and the seconds left before a deadline, averaged
-    (the same numbers on every process); and the requests that any process made: stop (a
-    signal), late (the deadline passed), save_due (--save-every), behind (the plan's
-    steps left would overrun the deadline at the recent pace) and ahead (they would end
-    well before it)."""
+    the last sync point and a budget's share of training time passed (progress.Clock),
+    averaged (the same numbers on every process); and the requests that any process made:
+    stop (a signal), late (a budget's training time is over by its clock) and save_due
+    (--save-every)."""
     loss_sum: object  # a float64 tensor of one element on the device (read only here)
     tokens: float
     step_s: float = 0.0
-    pace: float = 0.0
-    seconds_left: float = 0.0
+    progress: float = 0.0
     stop: bool = False
     late: bool = False
     save_due: bool = False
-    behind: bool = False
-    ahead: bool = False
 
     SUMMED = ("loss_sum", "tokens")
-    AVERAGED = ("step_s", "pace", "seconds_left")
-    REQUESTS = ("stop", "late", "save_due", "behind", "ahead")
+    AVERAGED = ("step_s", "progress")
+    REQUESTS = ("stop", "late", "save_due")
 
     def any_request(self):
         return any(getattr(self, name) for name in self.REQUESTS)

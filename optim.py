@@ -1,5 +1,5 @@
 """optim.py: how the recipes update the weights: the optimizers (--optimizer) and the running
-average of the weights that NT-ASGD and the planned schedules evaluate. The learning rate
+average of the weights that NT-ASGD and onecycle evaluate. The learning rate
 is the schedule's (schedule.py).
 """
 

@@ -42,5 +42,5 @@ class RunFiles:
         return [path for path in paths if path and os.path.exists(path)]
 
     def probe(self, pid):
-        """A budget's probe of the disk's speed (budget.write_seconds), by process `pid`."""
+        """A budget's probe of the disk's speed (progress.write_seconds), by process `pid`."""
         return f"{self.model}.budget-probe{pid}"

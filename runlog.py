@@ -26,13 +26,14 @@ from util import (TMP_SUFFIX, duration, process_exists, remove_quietly, remove_s
                   write_atomically)
 
 # "event" says in words what "saved" (the best model so far), "switched" (NT-ASGD began
-# averaging) and "out_of_time" (a budget ended the epoch early) say as "yes" or "".
+# averaging) and "out_of_time" (a budget's training time ran out in the epoch) say as "yes"
+# or ""; "progress" is the run's progress p at the epoch's end (progress.py).
 FIELDS = ["epoch", "seconds", "tokens_per_s", "train_loss", "train_ppl", "valid_loss",
           "valid_ppl", "lr", "mode", "event", "elapsed_s", "resumed", "saved", "switched",
-          "out_of_time"]
+          "out_of_time", "progress"]
 # The CSV's numeric columns, logged to TensorBoard under epoch/<name> at step = epoch.
 EPOCH_SCALARS = ["train_loss", "train_ppl", "valid_loss", "valid_ppl", "lr", "seconds",
-                 "tokens_per_s", "elapsed_s"]
+                 "tokens_per_s", "elapsed_s", "progress"]
 INSTALL = "pip install -r requirements-dev.txt"
 
 
@@ -189,13 +190,19 @@ class RunLog:
             for name, value in (("loss", loss), ("lr", lr), ("tokens_per_s", tokens_per_s)):
                 self.writer.add_scalar(f"batch/{name}", value, step)
 
-    def epoch_ended(self, row):
-        """Print the summary line of the epoch that `row` (a metrics row) describes, with the
-        expected time to finish the run's epochs; log its scalars."""
+    def epoch_ended(self, row, training_left_s=None):
+        """Print the summary line of the epoch that `row` (a metrics row) describes, with
+        what is left of the run: under a budget the training time its clock leaves
+        (`training_left_s`), else the epochs and the expected time to finish them; log its
+        scalars."""
         self.epochs_here += 1
         left = self.settings["epochs"] - row["epoch"]
         finish = ""
-        if left > 0 and not row["out_of_time"]:
+        if row["out_of_time"] or left <= 0:
+            pass
+        elif training_left_s is not None:
+            finish = f" | training ends in ~{duration(training_left_s)}"
+        else:
             eta = (time.time() - self.started) / self.epochs_here * left
             limit = "at most " if self.settings.get("finetune") else ""
             finish = f" | {limit}{left} more, ~{duration(eta)}"

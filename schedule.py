@@ -1,24 +1,22 @@
 """schedule.py: the learning-rate schedules of --schedule. A run's schedule is the one writer
-of its lr: before each training step it sets the lr of every param group (`lr(window)`: a
-window shorter than --bptt takes a proportionally smaller step), after the step it moves on
-(`after_step`), at the end of an epoch it decides (`after_validation`), and a training
-state saves and restores it (`state_dict`).
+of its lr: before each training step it sets the lr of every param group (`lr(window,
+progress)`: a function of the run's progress p in [0, 1], progress.py, and a window
+shorter than --bptt takes a proportionally smaller step), at the end of an epoch it
+decides (`after_validation`), and a training state saves and restores it (`state_dict`).
 
     ntasgd    a constant lr; NT-ASGD starts averaging the weights when validation stalls
     anneal    the lr divided by 4 whenever validation does not improve
-    onecycle  torch's OneCycleLR over the planned steps
-    1cycle    Gugger and Howard's four phases over the planned steps
+    linear    constant, then down to 0 in a straight line over the last --cooldown of the run
+    onecycle  torch's OneCycleLR, as a function of p
+    1cycle    Gugger and Howard's four phases, as a function of p
 
-A planned schedule (onecycle, 1cycle) is laid over the steps that the run plans before its
-first batch (budget.py): `fit(steps)`, then `after_step(position)` with the schedule's step
-that the run has reached (plans.Plan.schedule_position, which spreads the rest of the
-schedule over a re-fitted plan). A new schedule is a class here, its entry in SCHEDULES,
-and its words in the help of --schedule (settings.py); docs/training.md shows one.
+A new schedule is a class here and its entry in SCHEDULES, whose `summary` the help of
+--schedule shows; one whose lr follows the run's progress overrides `factor(progress)`, the
+lr as a share of --lr (and `beta1(progress)` if it moves Adam's beta1).
+docs/training.md shows one.
 """
 
 import math
-
-import torch
 
 # What after_validation decides (the words of the metrics CSV's event column).
 FINETUNE_DONE, START_AVERAGING, LR_CUT = "fine-tuning done", "switch to ASGD", "lr / 4"
@@ -34,33 +32,45 @@ def should_start_averaging(history, valid_loss, nonmono):
 class Schedule:
     """A constant lr (--lr), and the end of fine-tuning at NT-ASGD's trigger (a fine-tuning
     run of any schedule stops there)."""
-    planned = False  # laid over the planned steps (fit) before the first step
-    averages = False  # a planned run of it averages the weights from the plan's step on
+    summary = "a constant lr"
+    averages = False  # whether the run's weights are averaged at some point (the saved
+    #                   state then holds a second copy of them)
     adam_betas = None  # the betas an Adam-type optimizer starts with (None: torch's)
 
     def __init__(self, settings, optimizer):
         self.optimizer = optimizer
-        self.base_lr = settings["lr"]  # (anneal cuts it; planned schedules keep --lr here)
+        self.base_lr = settings["lr"]  # (anneal cuts it)
         self.bptt, self.nonmono = settings["bptt"], settings["nonmono"]
         self.by_window = settings["lr_by_window"]
         self.finetuning = bool(settings["finetune"])
+        # From which progress on the weights are averaged (None: never by progress)
+        self.average_from = None
 
-    def current(self):
-        """The schedule's lr now (before window scaling): what the progress bar and the
-        metrics CSV show."""
-        return self.base_lr
+    def factor(self, progress):
+        """The lr at `progress`, as a share of --lr (None: --lr as it stands)."""
+        return None
 
-    def lr(self, window):
-        """Set the lr of every param group for a step on a window of `window` tokens (a
-        shorter window a proportionally smaller step, as in Merity et al.'s code, unless
-        --no-lr-by-window); returns the schedule's lr (current)."""
-        lr = self.current()
+    def beta1(self, progress):
+        """Adam's beta1 at `progress` (None: as the optimizer holds it)."""
+        return None
+
+    def current(self, progress):
+        """The schedule's lr at `progress` (before window scaling): what the progress bar and
+        the metrics CSV show."""
+        factor = self.factor(progress)
+        return self.base_lr if factor is None else self.base_lr * factor
+
+    def lr(self, window, progress):
+        """Set the lr of every param group for a step on a window of `window` tokens that
+        brings the run to `progress` (a shorter window a proportionally smaller step, as in
+        Merity et al.'s code, unless --no-lr-by-window), and beta1 where the schedule moves
+        it; returns the schedule's lr (current)."""
+        lr, beta1 = self.current(progress), self.beta1(progress)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr * window / self.bptt if self.by_window else lr
+            if beta1 is not None and "betas" in param_group:
+                param_group["betas"] = (beta1, param_group["betas"][1])
         return lr
-
-    def after_step(self, position):
-        """After each training step; `position` is the schedule's step reached."""
 
     def after_validation(self, history, valid_loss, improved, averaging):
         """At the end of an epoch (`history`: the validation losses before this one;
@@ -75,7 +85,8 @@ class Schedule:
         return None
 
     def state_dict(self):
-        # The keys a training state has held since version 1: "lr" and "scheduler".
+        # The keys a training state has held since version 1: "lr" and "scheduler" (a torch
+        # scheduler's state, which states before progress.py held; now always None).
         return dict(lr=self.base_lr, scheduler=None)
 
     def load_state_dict(self, state):
@@ -88,8 +99,15 @@ class Schedule:
 
 class NTASGD(Schedule):
     """Merity et al.'s NT-ASGD: SGD at a constant lr until validation stalls, then the
-    weights averaged from that step on."""
+    weights averaged from that step on. Under a budget the trigger may not come in time:
+    the weights are then averaged from --average-start of the run on, if not before."""
+    summary = "a constant lr, the weights averaged from when validation stalls (NT-ASGD)"
     averages = True
+
+    def __init__(self, settings, optimizer):
+        super().__init__(settings, optimizer)
+        if settings["budget_minutes"]:
+            self.average_from = settings["average_start"]
 
     def decide(self, stalled, improved, averaging):
         return START_AVERAGING if stalled and not averaging else None
@@ -99,6 +117,7 @@ class Anneal(Schedule):
     """The PyTorch example's schedule: the lr divided by 4 after an epoch that did not
     improve on the best validation loss (torch's ReduceLROnPlateau(factor=0.25,
     patience=0), decided here where the other schedules decide)."""
+    summary = "the lr divided by 4 whenever validation does not improve"
 
     def decide(self, stalled, improved, averaging):
         if improved:
@@ -107,122 +126,124 @@ class Anneal(Schedule):
         return LR_CUT
 
 
-class PlannedSchedule(Schedule):
-    """A schedule over the planned steps, stepped once per training step: a torch
-    LRScheduler (`make`) that this class drives and saves."""
-    planned = True
-    scheduler = None  # (until fit)
+class Linear(Schedule):
+    """--lr, then down to 0 in a straight line over the last --cooldown of the run (Li,
+    Yumer and Ramanan, "Budgeted training", ICLR 2020, found a linear decay to zero over
+    the whole budget robust at every budget: --cooldown 1)."""
+    summary = "--lr, then linearly to 0 over the last --cooldown of the run"
 
-    def fit(self, steps):
-        """Lay the schedule over `steps` training steps (at least one)."""
-        self.total_steps = max(steps, 1)
-        self.scheduler = self.make(self.optimizer, self.total_steps)
+    def __init__(self, settings, optimizer):
+        super().__init__(settings, optimizer)
+        self.cooldown = settings["cooldown"]
 
-    def make(self, optimizer, total_steps):
-        raise NotImplementedError
+    def factor(self, progress):
+        left = 1.0 - progress
+        return 1.0 if left >= self.cooldown else left / self.cooldown
 
-    def current(self):
-        return self.scheduler.get_last_lr()[0]
-
-    def after_step(self, position):
-        # (to the step the run has reached; a re-fitted plan may skip some)
-        reached = min(position, self.total_steps - 1)
-        while self.scheduler.last_epoch < reached:
-            self.scheduler.step()
-
-    def state_dict(self):
-        fitted = self.scheduler is not None
-        return dict(super().state_dict(), scheduler=self.scheduler.state_dict() if fitted else None)
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            # (fitted to the state's plan first: Trainer.load_state_dict)
-            self.scheduler.load_state_dict(state["scheduler"])
+    def describe(self):
+        start = "" if self.cooldown == 1 else f", held to {1 - self.cooldown:.0%} of the run"
+        return f"schedule linear: lr {self.base_lr:g}{start}, then linearly to 0 at its end"
 
 
-class OneCycleTorch(PlannedSchedule):
-    """torch's OneCycleLR: the lr rises for the first --warmup of the steps to --lr and
-    anneals on a cosine; an Adam-type optimizer's beta1 cycles against it. The weights are
-    averaged from --average-start of the steps."""
+def cosine_between(start, end, share):
+    """From `start` at share 0 to `end` at share 1 on half a cosine (torch's annealing)."""
+    return end + (start - end) * (1 + math.cos(math.pi * share)) / 2
+
+
+# torch's OneCycleLR's defaults: the lr starts at the peak / 25, ends at that / 10,000;
+# Adam's beta1 goes from 0.95 to 0.85 at the peak and back.
+ONECYCLE = dict(div=25.0, final_div=1e4, beta1=(0.95, 0.85))
+
+
+class OneCycleTorch(Schedule):
+    """torch's OneCycleLR as a function of p: the lr rises on a cosine for the first
+    --warmup of the run to --lr, then anneals on a cosine to nearly 0; an Adam-type
+    optimizer's beta1 cycles against it. The weights are averaged from --average-start of
+    the run."""
+    summary = ("torch's OneCycleLR: a cosine up to --lr over --warmup of the run, then down; "
+               "the weights averaged from --average-start")
     averages = True
 
     def __init__(self, settings, optimizer):
         super().__init__(settings, optimizer)
-        self.peak, self.warmup = settings["lr"], settings["warmup"]
+        self.warmup = settings["warmup"]
+        self.average_from = settings["average_start"]
 
-    def make(self, optimizer, total_steps):
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.peak, total_steps=total_steps, pct_start=self.warmup,
-            cycle_momentum=not isinstance(optimizer, torch.optim.SGD))
+    def phase(self, progress):
+        """(0 rising or 1 falling, the share of that phase done)."""
+        if progress < self.warmup:
+            return 0, progress / self.warmup
+        return 1, (progress - self.warmup) / max(1.0 - self.warmup, 1e-12)
+
+    def factor(self, progress):
+        start = 1 / ONECYCLE["div"]
+        falling, share = self.phase(progress)
+        if falling:
+            return cosine_between(1.0, start / ONECYCLE["final_div"], share)
+        return cosine_between(start, 1.0, share)
+
+    def beta1(self, progress):
+        high, low = ONECYCLE["beta1"]
+        falling, share = self.phase(progress)
+        return cosine_between(low, high, share) if falling else cosine_between(high, low, share)
+
+    def describe(self):
+        start = self.base_lr / ONECYCLE["div"]
+        return (f"schedule onecycle: lr {start:g} -> {self.base_lr:g} over the first "
+                f"{self.warmup:.0%} of the run, a cosine down to {start / ONECYCLE['final_div']:g} "
+                f"at its end; the weights averaged from {self.average_from:.0%} of it")
 
 
 # Gugger and Howard's 1cycle for AWD-LSTM (sgugger/Adam-experiments, utils.get_phases):
 # the lr climbs linearly from peak / 10 to the peak, holds, falls back to peak / 10 and
-# anneals to 0 on a cosine, in phases of 7.5, 37.5, 37.5 and 7.5 of 90 epochs (here
-# fractions of the planned steps); Adam's beta1 moves against the lr, from 0.8 at peak / 10
-# to 0.7 at the peak; beta2 is 0.99.
+# anneals to 0 on a cosine, in phases of 7.5, 37.5, 37.5 and 7.5 of 90 epochs (here shares
+# of the run); Adam's beta1 moves against the lr, from 0.8 at peak / 10 to 0.7 at the peak;
+# beta2 is 0.99.
 ONE_CYCLE = dict(phases=(7.5, 37.5, 37.5, 7.5), div=10.0, beta1=(0.8, 0.7), beta2=0.99)
 
 
-def one_cycle_ends(total_steps):
-    """The steps at which the four phases of a 1cycle over `total_steps` end."""
+def one_cycle_ends():
+    """The shares of the run at which the four phases of a 1cycle end."""
     phases = ONE_CYCLE["phases"]
-    return [total_steps * sum(phases[:i + 1]) / sum(phases) for i in range(4)]
+    return [sum(phases[:i + 1]) / sum(phases) for i in range(4)]
 
 
-def one_cycle_factor(step, total_steps):
-    """The 1cycle lr at `step` of `total_steps`, as a fraction of the peak."""
-    low, ends = 1 / ONE_CYCLE["div"], one_cycle_ends(total_steps)
-    if step < ends[0]:
-        return low + (1 - low) * step / ends[0]
-    if step < ends[1]:
+def one_cycle_factor(progress):
+    """The 1cycle lr at `progress`, as a share of the peak."""
+    low, ends = 1 / ONE_CYCLE["div"], one_cycle_ends()
+    if progress < ends[0]:
+        return low + (1 - low) * progress / ends[0]
+    if progress < ends[1]:
         return 1.0
-    if step < ends[2]:
-        return 1 - (1 - low) * (step - ends[1]) / (ends[2] - ends[1])
-    progress = min((step - ends[2]) / max(ends[3] - ends[2], 1), 1.0)
-    return low * (1 + math.cos(math.pi * progress)) / 2
+    if progress < ends[2]:
+        return 1 - (1 - low) * (progress - ends[1]) / (ends[2] - ends[1])
+    return cosine_between(low, 0.0, min((progress - ends[2]) / (ends[3] - ends[2]), 1.0))
 
 
-class OneCycleLR(torch.optim.lr_scheduler.LambdaLR):
-    """Gugger and Howard's 1cycle (ONE_CYCLE) over `total_steps`, as torch's LambdaLR; each
-    step also sets beta1 of an Adam-type optimizer against the lr."""
-
-    def __init__(self, optimizer, total_steps):
-        self.total_steps = total_steps
-        super().__init__(optimizer, lambda step: one_cycle_factor(step, total_steps))
-
-    def step(self, epoch=None):
-        super().step(epoch)
-        low, (beta1_low_lr, beta1_peak) = 1 / ONE_CYCLE["div"], ONE_CYCLE["beta1"]
-        factor = max(one_cycle_factor(self.last_epoch, self.total_steps), low)
-        beta1 = beta1_low_lr + (beta1_peak - beta1_low_lr) * (factor - low) / (1 - low)
-        for param_group in self.optimizer.param_groups:
-            if "betas" in param_group:
-                param_group["betas"] = (beta1, param_group["betas"][1])
-
-
-class OneCycle(PlannedSchedule):
-    """Gugger and Howard's 1cycle (OneCycleLR above); no averaging."""
+class OneCycle(Schedule):
+    """Gugger and Howard's 1cycle (ONE_CYCLE above); beta1 moves linearly against the lr
+    (0.8 at its lowest from the last phase on); no averaging."""
+    summary = "Gugger and Howard's four phases over the run, no averaging"
     adam_betas = (ONE_CYCLE["beta1"][0], ONE_CYCLE["beta2"])
 
-    def __init__(self, settings, optimizer):
-        super().__init__(settings, optimizer)
-        self.peak = settings["lr"]
+    def factor(self, progress):
+        return one_cycle_factor(progress)
 
-    def make(self, optimizer, total_steps):
-        return OneCycleLR(optimizer, total_steps)
+    def beta1(self, progress):
+        low, (beta1_low_lr, beta1_peak) = 1 / ONE_CYCLE["div"], ONE_CYCLE["beta1"]
+        factor = max(one_cycle_factor(progress), low)
+        return beta1_low_lr + (beta1_peak - beta1_low_lr) * (factor - low) / (1 - low)
 
     def describe(self):
-        ends = [round(end) for end in one_cycle_ends(self.total_steps)]
-        (beta1_low_lr, beta1_peak), low = ONE_CYCLE["beta1"], self.peak / ONE_CYCLE["div"]
-        return (f"schedule 1cycle over {self.total_steps:,} steps: lr {low:g} -> {self.peak:g} "
-                f"by step {ends[0]:,} (beta1 {beta1_low_lr} -> {beta1_peak}), held to step "
-                f"{ends[1]:,}, -> {low:g} by step {ends[2]:,} (beta1 -> {beta1_low_lr}), "
-                f"cosine to 0 by step {ends[3]:,}")
+        ends = one_cycle_ends()
+        (beta1_low_lr, beta1_peak), low = ONE_CYCLE["beta1"], self.base_lr / ONE_CYCLE["div"]
+        return (f"schedule 1cycle: lr {low:g} -> {self.base_lr:g} by {ends[0]:.1%} of the run "
+                f"(beta1 {beta1_low_lr} -> {beta1_peak}), held to {ends[1]:.1%}, -> {low:g} by "
+                f"{ends[2]:.1%} (beta1 -> {beta1_low_lr}), a cosine to 0 at its end")
 
 
-SCHEDULES = {"ntasgd": NTASGD, "anneal": Anneal, "onecycle": OneCycleTorch, "1cycle": OneCycle}
+SCHEDULES = {"ntasgd": NTASGD, "anneal": Anneal, "linear": Linear, "onecycle": OneCycleTorch,
+             "1cycle": OneCycle}
 
 
 def make_schedule(settings, optimizer):

@@ -1,8 +1,7 @@
 """settings.py: every setting of a training run, declared once (SETTINGS), and what is made
 from that table: train.py's flags and their help, each model's defaults, the recipes on top
 of them, the settings of a fresh, resumed or fine-tuned run, and the command that resumes
-one. Also the flag types that check values, whether a run's settings fit its corpus and
-device, and the error for settings that make no run.
+one. Also the flag types that check values, and the error for settings that make no run.
 
 A new hyperparameter is one entry of SETTINGS; the run's code reads it as settings[name],
 checkpoints save it, and runs saved before it existed resume with its default.
@@ -17,9 +16,6 @@ import sys
 import zipfile
 from dataclasses import dataclass
 
-import torch
-
-from data import check_batch_size, mean_seq_len
 from model import CLUSTER_SHRINK
 from schedule import SCHEDULES
 
@@ -182,17 +178,17 @@ SETTINGS = (
     S("wdecay", NON_NEGATIVE, {"awd": 1.2e-6, "lstm": 0.0}, "weight decay"),
     S("optimizer", ("sgd", "adam", "adamw"), "sgd", "torch.optim.SGD, Adam (L2 weight decay) "
       "or AdamW (decoupled), with --lr and --wdecay"),
-    S("schedule", tuple(SCHEDULES), {"awd": "ntasgd", "lstm":
-      "anneal"}, "ntasgd: switch to weight averaging when validation stalls; anneal: divide "
-      "lr by 4 when validation does not improve; onecycle: torch's OneCycleLR over the "
-      "planned steps, weights averaged from --average-start; 1cycle: Gugger and Howard's "
-      "four phases over the planned steps, no averaging"),
+    S("schedule", tuple(SCHEDULES), {"awd": "ntasgd", "lstm": "anneal"}, "; ".join(
+      f"{name}: {schedule.summary}" for name, schedule in SCHEDULES.items())),
     S("nonmono", COUNT, 5, "NT-ASGD non-monotone interval"),
-    S("warmup", FRACTION, 0.3, "onecycle: fraction of the steps spent raising the lr"),
-    S("average_start", FRACTION, 0.75, "planned runs (onecycle, or a budget): average the "
-      "weights from this fraction of the steps on (ntasgd may start earlier)"),
+    S("warmup", FRACTION, 0.3, "onecycle: the share of the run over which the lr rises"),
+    S("cooldown", FRACTION, 1.0, "linear: the share of the run, at its end, over which the lr "
+      "falls to 0"),
+    S("average_start", FRACTION, 0.75, "average the weights from this share of the run on "
+      "(onecycle, and ntasgd under a budget, whose trigger may start it earlier)"),
     S("budget_minutes", POSITIVE, None, "finish training, validation and the test within this "
-      "wall time: the run measures its speed and plans the epochs that fit"),
+      "wall time: the run trains until the time it keeps for its end (measured first), and "
+      "its schedule follows the share of the training time passed"),
     S("eval_batch_size", COUNT, 10, "validation batch size"),
     S("test_batch_size", COUNT, 1, "test batch size", resumable=True),
     S("seed", SEED, {"awd": 1882, "lstm": 1111}, "random seed"),
@@ -282,42 +278,6 @@ def given(args):
     """The settings given on the command line (run options aside): name -> value."""
     return {s.name: getattr(args, s.name) for s in SETTINGS
             if s.part != RUN and getattr(args, s.name) is not None}
-
-
-# --- Whether a run fits its corpus and device ---------------------------------------------
-
-def check_corpus_fits(s, corpus, device, group):
-    """Before the first batch: every split is long enough for its batch size, the batch splits
-    evenly over the processes, the largest window fits the device; what variable BPTT does."""
-    if s["batch_size"] % group.size:
-        raise SettingsError(f"--batch_size {s['batch_size']} does not split evenly over "
-                            f"{group.size} processes (each trains an equal share of a "
-                            f"batch's columns); give a multiple of {group.size}")
-    for split, flag, batch in (("train", "--batch_size", s["batch_size"]),
-                               ("valid", "--eval-batch-size", s["eval_batch_size"]),
-                               ("test", "--test-batch-size", s["test_batch_size"])):
-        check_batch_size(corpus, split, batch, flag)
-    words, cutoffs = len(corpus.dictionary), s["cutoffs"]
-    if cutoffs and cutoffs[-1] >= words:
-        raise SettingsError(f"--cutoffs must stay below the vocabulary's {words:,} words (got "
-                            f"{','.join(map(str, cutoffs))})")
-    longest = s["bptt"] + (15 if s["variable_bptt"] else 0)  # 3 sd above the mean
-    outputs = cutoffs[0] + len(cutoffs) if cutoffs else words  # the (adaptive) head's width
-    batch = s["batch_size"] // group.size  # this process's columns
-    # Per logit: float32 logits, their log-softmax and its gradient (12 bytes); under bf16,
-    # bfloat16 logits and their gradient, and a float32 copy for the loss (16 bytes).
-    logits = (16 if s["precision"] == "bf16" else 12) * longest * batch * outputs
-    available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else
-                 os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    if logits > available:
-        raise SettingsError(f"a training window of --bptt {s['bptt']} x {batch} columns over "
-                            f"{outputs:,} outputs needs about {logits / 2**30:,.1f} GiB for "
-                            f"its output layer alone, more than the {available / 2**30:,.1f} "
-                            f"GiB of this {device.type}; lower --bptt or --batch_size")
-    if s["variable_bptt"] and abs(mean_seq_len(s["bptt"]) - s["bptt"]) > 0.1 * s["bptt"]:
-        print(f"note: variable BPTT draws window lengths around --bptt {s['bptt']} but never "
-              f"below 5 (AWD-LSTM's rule), so windows average {mean_seq_len(s['bptt']):.1f} "
-              f"tokens; --no-variable-bptt keeps them at {s['bptt']}")
 
 
 # --- A run's settings ---------------------------------------------------------------------

@@ -23,27 +23,29 @@ The file reads top to bottom: the run (set-up, the epoch loop, the end), then it
 
 import argparse
 import contextlib
+import math
 import os
 import shlex
 import sys
 import time
 
-import budget
+import torch
+
 import checkpoint
 import distributed
-import plans
 import signals
 from checkpoint import CheckpointError
-from data import Corpus, CorpusError, mean_nll
+from data import Corpus, CorpusError, check_batch_size, mean_nll, mean_seq_len
 from devices import (check_bf16, describe_device, keep_freed_memory, out_of_memory,
                      set_precision)
 from distributed import SYNC_SECONDS
+from progress import describe_reserve, measure_reserve
 from runfiles import RunFiles
 from runlog import RunLog, SaveLock
-from settings import (Parser, SettingsError, add_flags, check_corpus_fits, finetune_settings,
-                      fresh_settings, resume_command, resumed_settings)
+from settings import (Parser, SettingsError, add_flags, finetune_settings, fresh_settings,
+                      resume_command, resumed_settings)
 from trainer import Trainer, TrainingError
-from util import WriteFailed, listing, plural, ppl
+from util import WriteFailed, duration, listing, plural, ppl
 
 
 # The README's first run: the best model that 30 minutes of a 2-core CPU train here.
@@ -83,7 +85,7 @@ def train(args, stack, group, device, argv):
     try:
         trainer.join_processes()
         announce(trainer, args, device)
-        plan_run(trainer, args, started)  # (a budget's speed test writes a state)
+        start_the_clock(trainer, started)  # (a budget's measurement writes a state)
         stopped = run_epochs(trainer, args, log)
         say_why_it_ended(trainer, args, stopped)
         try:
@@ -97,9 +99,9 @@ def train(args, stack, group, device, argv):
             raise TrainingError(test_out_of_memory(trainer, args, e)) from None
         summary = summarize(trainer, test_loss, stopped=stopped)
         if summary["budget_used"] is not None:
-            budget_s = 60 * trainer.s["budget_minutes"]
-            print(f"budget: {summary['budget_used'] * budget_s / 60:.1f} of its "
-                  f"{budget_s / 60:g} minutes used ({summary['budget_used']:.1%})")
+            budget_minutes = trainer.s["budget_minutes"]
+            print(f"budget: {summary['budget_used'] * budget_minutes:.1f} of its "
+                  f"{budget_minutes:g} minutes used ({summary['budget_used']:.1%})")
         log.finished(summary)
     except WriteFailed as e:  # a full disk, a read-only directory
         with signals.signals_ignored():
@@ -128,12 +130,13 @@ def run_epochs(trainer, args, log):
         log.state_saved(trainer.metrics, trainer.provenance)
     with signals.StopRequest(when) as stop:
         stopped = group.any(stop.requested)
-        while trainer.epoch < trainer.s["epochs"] and not trainer.done and not stopped:
+        while not trainer.finished and not stopped:
             train_loss = trainer.train_epoch(
-                stop, args.max_batches, args.log_interval, on_progress=log.progress,
+                stop, args.log_interval, on_progress=log.progress,
                 save_every=args.save_every and 60 * args.save_every)
             if train_loss is not None:
-                log.epoch_ended(trainer.end_epoch(train_loss))
+                log.epoch_ended(trainer.end_epoch(train_loss),
+                                trainer.progress.training_left(time.time()))
             trainer.save_state()
             log.state_saved(trainer.metrics, trainer.provenance)
             stopped = train_loss is None or group.any(stop.requested)
@@ -223,8 +226,8 @@ def set_up(args, stack, group, device, command):
     check_corpus_fits(settings, corpus, device, group)
     if loaded is not None:  # the weights must fit the configuration before a Trainer is built
         checkpoint.build(source, loaded)
-    trainer = Trainer(settings, corpus, device,
-                      weights=loaded["model"] if args.finetune else None, group=group)
+    trainer = Trainer(settings, corpus, device, weights=loaded["model"] if args.finetune else None,
+                      group=group, max_batches=args.max_batches)
     if settings["precision"] == "bf16":
         check_bf16(device, trainer.model, trainer.train_data.size(1))
     if args.resume:
@@ -239,6 +242,40 @@ def set_up(args, stack, group, device, command):
     trainer.provenance.append(checkpoint.provenance_record(
         command, device, describe_device(device), corpus, group.describe()))
     return trainer, log
+
+
+def check_corpus_fits(s, corpus, device, group):
+    """Before the first batch: every split is long enough for its batch size, the batch splits
+    evenly over the processes, the largest window fits the device; what variable BPTT does."""
+    if s["batch_size"] % group.size:
+        raise SettingsError(f"--batch_size {s['batch_size']} does not split evenly over "
+                            f"{group.size} processes (each trains an equal share of a "
+                            f"batch's columns); give a multiple of {group.size}")
+    for split, flag, batch in (("train", "--batch_size", s["batch_size"]),
+                               ("valid", "--eval-batch-size", s["eval_batch_size"]),
+                               ("test", "--test-batch-size", s["test_batch_size"])):
+        check_batch_size(corpus, split, batch, flag)
+    words, cutoffs = len(corpus.dictionary), s["cutoffs"]
+    if cutoffs and cutoffs[-1] >= words:
+        raise SettingsError(f"--cutoffs must stay below the vocabulary's {words:,} words (got "
+                            f"{','.join(map(str, cutoffs))})")
+    longest = s["bptt"] + (15 if s["variable_bptt"] else 0)  # 3 sd above the mean
+    outputs = cutoffs[0] + len(cutoffs) if cutoffs else words  # the (adaptive) head's width
+    batch = s["batch_size"] // group.size  # this process's columns
+    # Per logit: float32 logits, their log-softmax and its gradient (12 bytes); under bf16,
+    # bfloat16 logits and their gradient, and a float32 copy for the loss (16 bytes).
+    logits = (16 if s["precision"] == "bf16" else 12) * longest * batch * outputs
+    available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else
+                 os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if logits > available:
+        raise SettingsError(f"a training window of --bptt {s['bptt']} x {batch} columns over "
+                            f"{outputs:,} outputs needs about {logits / 2**30:,.1f} GiB for "
+                            f"its output layer alone, more than the {available / 2**30:,.1f} "
+                            f"GiB of this {device.type}; lower --bptt or --batch_size")
+    if s["variable_bptt"] and abs(mean_seq_len(s["bptt"]) - s["bptt"]) > 0.1 * s["bptt"]:
+        print(f"note: variable BPTT draws window lengths around --bptt {s['bptt']} but never "
+              f"below 5 (AWD-LSTM's rule), so windows average {mean_seq_len(s['bptt']):.1f} "
+              f"tokens; --no-variable-bptt keeps them at {s['bptt']}")
 
 
 def continue_after_restart(args):
@@ -286,26 +323,36 @@ def announce(trainer, args, device):
               f"{args.save_every:g} minutes within an epoch too")
 
 
-def plan_run(trainer, args, started):
-    """Fix the plan of a run under a budget (from its measured speed) or of a planned
-    schedule (from --epochs), and print it; a resumed run keeps its plan (re-fitted when
-    --epochs changed) and the part of its budget not yet spent."""
-    s = trainer.s
-    if not (s["budget_minutes"] or trainer.schedule.planned):
-        return
-    if args.resume and trainer.plan is not None:
-        trainer.fit_plan_to_epochs(s["epochs"])
-    elif s["budget_minutes"]:
-        speed = budget.measure(trainer)
-        layout = budget.plan(60 * s["budget_minutes"], time.time() - started, speed,
-                             trainer.steps_per_epoch(args.max_batches), s["epochs"],
-                             s["average_start"])
-        trainer.set_plan(plans.Plan(layout))
-        print(budget.describe(layout, speed, started, averages=trainer.schedule.averages))
-    else:
-        trainer.set_plan(plans.Plan(budget.fixed_plan(
-            s["epochs"], trainer.steps_per_epoch(args.max_batches), s["average_start"])))
-    trainer.plan.start_the_clock(started, spent=trainer.seconds_trained())
+def start_the_clock(trainer, started):
+    """Under a budget, measure what the run keeps for its end (once, before a fresh run's
+    first step: a resumed run keeps its measurement and the part of its budget it has not
+    used), start the clock and say when training and the run will end; refuse a budget
+    that leaves no time to train. Then the schedule's line, if it has one."""
+    s, clock = trainer.s, trainer.progress.clock
+    if clock is not None:
+        reserve = measure_reserve(trainer) if clock.reserve_s is None else None
+        left = clock.start(started, reserve and reserve["reserve_s"])
+        now = time.time()
+        if left <= 0 and reserve is None:  # a resumed run whose training time is over
+            trainer.progress.agree(1.0, late=True)
+            print(f"budget {s['budget_minutes']:g} min: its training time is over; the run "
+                  "validates, saves and tests what it trained")
+            return
+        if left <= 0:
+            needed = (clock.budget_s - left) / 60
+            raise SettingsError(
+                f"--budget-minutes {s['budget_minutes']:g} leaves no time to train: "
+                f"{duration(now - started)} went to set-up and {clock.reserve_s:.1f} s must be "
+                "kept for the end (a validation, checkpoint writes, the test, a margin); a "
+                f"budget needs more than {math.ceil(needed * 10) / 10:g} minutes here")
+        end = time.strftime("%H:%M:%S", time.localtime(now + left + clock.reserve_s))
+        kept = (describe_reserve(reserve) if reserve else
+                f"{clock.reserve_s:.1f} s, as measured when the run started")
+        averaging = trainer.schedule.average_from
+        print(f"budget {s['budget_minutes']:g} min: {kept} kept for the end; training for "
+              f"{duration(left)}, until {time.strftime('%H:%M:%S', time.localtime(now + left))}"
+              + (f", averaging from {averaging:.0%} of it" if averaging is not None else "")
+              + f"; the run ends by {end}")
     line = trainer.schedule.describe()
     if line:
         print(line)
@@ -343,10 +390,10 @@ def summarize(trainer, test_loss, stopped, test_interrupted=False):
     """The run's final numbers, for <save stem>.json: the model file (None when no epoch
     wrote one, or its test was interrupted), the minutes of training and validation so
     far, an unfinished epoch's included, and the share of a budget used."""
-    rows, model, plan = trainer.metrics, trainer.files.model, trainer.plan
+    rows, model, clock = trainer.metrics, trainer.files.model, trainer.progress.clock
     best = min(rows, key=lambda r: r["valid_loss"]) if rows else None
-    return dict(budget_used=round(plan.budget_used(time.time()), 4)
-                if plan is not None and plan.deadline is not None else None,
+    return dict(budget_used=round(clock.used(time.time()) / clock.budget_s, 4)
+                if clock is not None and clock.started is not None else None,
         model=model if test_loss is not None or (
             test_interrupted and os.path.exists(model)) else None,
         epochs=trainer.epoch, stopped=stopped, minutes=round(trainer.seconds_trained() / 60, 2),

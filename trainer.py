@@ -1,36 +1,39 @@
 """trainer.py: one training run: the step (the model's loss plus AR/TAR, backward, clipping,
-an optimizer step at the schedule's lr), the epoch that runs it window after window (what
-surrounds the step there lives in epoch.py), the end of an epoch (validation, the best
-checkpoint, the schedule's decision), and the run's whole state (Trainer.state_dict,
-which a training state saves and load_state_dict continues exactly).
+an optimizer step at the schedule's lr), the epoch that runs it window after window (its
+running sums, progress bar, sync points and mid-epoch saves), the end of an epoch
+(validation, the best checkpoint, the schedule's decision), and the run's whole state
+(Trainer.state_dict, which a training state saves and load_state_dict continues exactly).
 
 train.py builds a Trainer from the run's settings and calls train_epoch and end_epoch for
-each epoch. Under torchrun every process holds a Trainer of its own columns of the batch
-(distributed.Group); what one process may learn first (a stop, a passed deadline, a due
-save) they decide together at sync points (distributed.SyncPoints).
+each epoch until the run is finished. Under torchrun every process holds a Trainer of its
+own columns of the batch (distributed.Group); what one process may learn first (a stop,
+a budget's time running out, a due save) they decide together at sync points
+(distributed.SyncPoints).
 """
 
 import copy
+import itertools
 import math
 import time
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import checkpoint
-from plans import Plan
-from data import batchify, mean_nll, mean_seq_len
-from distributed import SINGLE
-from epoch import MIN_WINDOW, EpochLoop, EpochSums, Position
+from data import batchify, mean_nll, mean_seq_len, sample_seq_len, windows
+from distributed import SINGLE, Report, SyncPoints
 from lstm_layer import pack_lstm_weights
 from model import build_model, count_parameters, detach_hidden, map_hidden, model_config
 from optim import RunningAverage, make_optimizer
+from progress import Progress
 from runfiles import RunFiles
 from schedule import FINETUNE_DONE, START_AVERAGING, make_schedule
-from util import listing, plural, ppl
+from util import listing, plural, ppl, progress_bar
 
 DIVERGED = 10.0  # nats above a uniform guess at which a run counts as diverged
+MIN_WINDOW = 2  # like the reference code, an epoch leaves out a last window of one target
 
 
 class TrainingError(RuntimeError):
@@ -78,14 +81,66 @@ def train_step(objective, optimizer, inputs, targets, hidden, clip, precision):
     return loss.detach(), hidden
 
 
+
+# --- Where an epoch stands ----------------------------------------------------------------
+
+@dataclass
+class Position:
+    """Where an interrupted epoch stands, for a state to continue from: the next window's
+    row, the batches done, the loss sum and tokens of all processes as of the last sync
+    point, the training seconds, and the whole batch's hidden state (float32)."""
+    hidden: object
+    index: int = 0
+    batches: int = 0
+    loss_sum: float = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+class EpochSums:
+    """An epoch's running sums as it trains: this process's own loss sum (on the device: no
+    sync per step) and tokens, those of all processes as agreed at the last sync point, and
+    those at the last divergence check. The main process's own sums start with the epoch's
+    before a resume, so that adding up the processes counts them once."""
+
+    def __init__(self, position, group, device):
+        self.loss_sum, self.tokens = position.loss_sum, position.tokens  # (all processes')
+        self.own_loss_sum = torch.tensor(self.loss_sum if group.main else 0.0,
+                                         dtype=torch.float64, device=device)
+        self.own_tokens = self.tokens if group.main else 0
+        self.batches = position.batches
+        self.started = time.time() - position.seconds
+        self.checked = (self.loss_sum, self.tokens, self.batches)
+
+    def add(self, loss, tokens):
+        self.own_loss_sum += loss.double() * tokens
+        self.own_tokens += tokens
+        self.batches += 1
+
+    def agreed(self, report):
+        """Take the sums that the processes agreed on; returns the mean loss since the last
+        check (and the batches it spans), which becomes the next check's start."""
+        self.loss_sum, self.tokens = report.loss_sum, report.tokens
+        checked_sum, checked_tokens, checked_batches = self.checked
+        self.checked = (self.loss_sum, self.tokens, self.batches)
+        return (self.loss_sum - checked_sum) / (self.tokens - checked_tokens), checked_batches
+
+    def position(self, row, hidden, group):
+        return Position(index=row, batches=self.batches, loss_sum=self.loss_sum,
+                        tokens=self.tokens, seconds=time.time() - self.started,
+                        hidden=map_hidden(lambda h: group.gather_columns(h.detach().float()),
+                                          hidden))
+
+
 # --- The run ------------------------------------------------------------------------------
 
 class Trainer:
-    """One training run: model, optimizer, schedule, weight average, plan, and the
+    """One training run: model, optimizer, schedule, weight average, progress, and the
     bookkeeping that a training state saves and restores. `settings` is the run's full
-    settings dict; under torchrun, `group` is the processes that share the run."""
+    settings dict, which the Trainer reads and never writes; under torchrun, `group` is
+    the processes that share the run."""
 
-    def __init__(self, settings, corpus, device, weights=None, group=SINGLE):
+    def __init__(self, settings, corpus, device, weights=None, group=SINGLE, max_batches=None):
         self.s = s = settings
         self.corpus, self.device, self.group = corpus, device, group
         self.files = RunFiles(s["save"])
@@ -103,12 +158,13 @@ class Trainer:
         self.objective = Objective(self.model, s["alpha"], s["beta"])
         self.optimizer = make_optimizer(s, self.model.parameters())
         self.schedule = make_schedule(s, self.optimizer)  # the one writer of the lr
-        self.plan = None  # a plans.Plan (a budget, onecycle or 1cycle): set_plan
-        self.out_of_time = False
         self.rng = np.random.default_rng(s["seed"])  # variable BPTT lengths
         # (steps, batch) or, under torchrun, this process's columns of it
         self.train_data = batchify(corpus.train, s["batch_size"])[
             :, group.columns(s["batch_size"])].contiguous().to(device)
+        self.max_batches = max_batches  # --max-batches: a cap on each epoch's batches
+        self.progress = Progress(s["epochs"], self.train_data.size(0) - MIN_WINDOW, max_batches,
+                                 budget_s=s["budget_minutes"] and 60 * s["budget_minutes"])
         self.averaged = RunningAverage(self.model) if s["finetune"] else None
         self.epoch = 0  # epochs completed
         self.position = None  # where an interrupted epoch stopped (Position)
@@ -116,7 +172,7 @@ class Trainer:
         self.best_valid_loss = math.inf
         self.metrics = []  # one row per completed epoch (runlog.FIELDS)
         self.steps = 0  # training batches of the whole run
-        self.done = False  # fine-tuning ended at its trigger, or a budget ran out
+        self.done = False  # fine-tuning ended at its trigger, or a budget's time ran out
         self.resumed = False  # restored from a state, until the next epoch ends
         self.provenance = []  # checkpoint.provenance_record's, of the start and each resume
 
@@ -131,12 +187,19 @@ class Trainer:
     def eval_model(self):
         return self.averaged.module if self.averaged is not None else self.model
 
-    def steps_per_epoch(self, max_batches=None):
+    @property
+    def finished(self):
+        """Whether the run has trained all it will: its epochs, or its budget's time, or
+        fine-tuning to its trigger."""
+        return (self.done or self.epoch >= self.progress.epochs
+                or (self.progress.spent and self.position is None))
+
+    def steps_per_epoch(self):
         """Training steps of one full epoch (an estimate under variable BPTT), at most
-        `max_batches`."""
+        --max-batches."""
         mean_len = mean_seq_len(self.s["bptt"]) if self.s["variable_bptt"] else self.s["bptt"]
         expected = math.ceil((self.train_data.size(0) - MIN_WINDOW) / mean_len)
-        return min(expected, max_batches) if max_batches else expected
+        return min(expected, self.max_batches) if self.max_batches else expected
 
     def seconds_trained(self):
         """Wall time of the run so far: training and validation of every epoch and the part
@@ -144,80 +207,92 @@ class Trainer:
         done = self.metrics[-1].get("elapsed_s", 0.0) if self.metrics else 0.0
         return done + (self.position.seconds if self.position is not None else 0.0)
 
-    # The plan ------------------------------------------------------------------------------
-
-    def set_plan(self, plan):
-        """Follow `plan` (a plans.Plan) from the next step: its epochs are the run's, and a
-        planned schedule is laid over its steps."""
-        self.plan, self.s["epochs"] = plan, plan.epochs
-        if self.schedule.planned:
-            self.schedule.fit(plan.schedule_steps)
-
-    def fit_plan_to_epochs(self, epochs):
-        """A resume that changes --epochs of a planned run (plans.Plan.fit_to_epochs)."""
-        batches = self.position.batches if self.position is not None else 0
-        self.replan(self.plan.fit_to_epochs(epochs, self.steps, self.epoch, batches,
-                                            self.s["average_start"]))
-
-    def keep_to_the_deadline(self, batches_done, agreed):
-        """Behind the plan: re-fit it at the pace and with the time left that the processes
-        agreed on (distributed.Report), so that each re-fits alike."""
-        self.replan(self.plan.keep_to_the_deadline(
-            self.steps, self.epoch, batches_done, agreed.pace, agreed.seconds_left,
-            self.s["average_start"]))
-
-    def fill_the_time(self, batches_done, agreed):
-        """Ahead of the plan: grow it, as keep_to_the_deadline shrinks it."""
-        self.replan(self.plan.fill_the_time(
-            self.steps, self.epoch, batches_done, agreed.pace, agreed.seconds_left,
-            self.s["average_start"]))
-
-    def replan(self, line):
-        """After a change of the plan that `line` says (None: it stands): the epoch loop ends
-        with the plan's epochs."""
-        if line is None:
-            return
-        self.s["epochs"] = self.plan.epochs
-        if self.group.main:
-            tqdm.write(line)
-
     # Training ------------------------------------------------------------------------------
 
-    def train_epoch(self, stop, max_batches, log_interval, on_progress=None, save_every=None):
+    def train_epoch(self, stop, log_interval, on_progress=None, save_every=None):
         """One pass over the training split (or what is left of an interrupted one), at most
-        `max_batches` (or the plan's). At sync points the mean loss so far is passed to
-        `on_progress(step, loss, lr, tokens_per_s)`; every `save_every` seconds (if given)
-        the state is saved mid-epoch, to resume from exactly like an end-of-epoch state.
-        Returns the mean training loss, or None when stopped by a signal (`stop`), also at
-        the epoch's end, so that the state is saved before any validation."""
-        s = self.s
+        --max-batches, ending early where a budget's time runs out. At sync points the mean
+        loss so far is passed to `on_progress(step, loss, lr, tokens_per_s)`; every
+        `save_every` seconds (if given) the state is saved mid-epoch, to resume from exactly
+        like an end-of-epoch state. Returns the mean training loss, or None when stopped by
+        a signal (`stop`), also at the epoch's end, so that the state is saved before any
+        validation."""
+        s, group = self.s, self.group
         self.model.train()
         if self.position is None:
             self.position = Position(hidden=self.model.init_hidden(self.train_data.size(1)))
         hidden, row = self.position.hidden, self.position.index
-        sums = EpochSums(self.position, self.group, self.device)
-        with EpochLoop(self, sums, stop, max_batches, log_interval, on_progress,
-                       save_every) as loop:
-            for row, inputs, targets in loop.windows(row):
-                lr = self.schedule.lr(inputs.size(0))
+        sums = EpochSums(self.position, group, self.device)
+        syncs = SyncPoints(group, sums.batches, log_interval)
+        seq_len = partial(sample_seq_len, self.rng, s["bptt"]) if s["variable_bptt"] else s["bptt"]
+        left = None if self.max_batches is None else max(self.max_batches - sums.batches, 0)
+        if self.progress.spent:  # (a resume of a state saved as the budget's time ran out)
+            left = 0
+        batches = itertools.islice(
+            windows(self.train_data, seq_len, start=row, min_len=MIN_WINDOW), left)
+        bar = progress_bar(total=self.steps_per_epoch(), initial=sums.batches, unit="batch",
+                           desc=f"epoch {self.epoch + 1}" if group.main else None)
+        last_save, stopping = time.time(), False
+        self.progress.run(time.time())  # a budget's clock runs while the epoch trains
+        try:
+            for row, inputs, targets in batches:
+                progress = self.progress.at(self.epoch, row + inputs.size(0), sums.batches + 1)
+                lr = self.schedule.lr(inputs.size(0), progress)
                 loss, hidden = train_step(self.objective, self.optimizer, inputs, targets,
                                           hidden, s["clip"], s["precision"])
-                self.after_step()
+                self.after_step(progress)
                 sums.add(loss, targets.numel())
                 row += inputs.size(0)
-                if loop.ends_here(row, hidden, lr):
+                bar.update(1)
+                # What ends the epoch here, and what any process may ask for.
+                at_end = (self.train_data.size(0) - 1 - row < MIN_WINDOW
+                          or sums.batches == self.max_batches)
+                now = time.time()
+                report = Report(sums.own_loss_sum, sums.own_tokens, stop=stop.requested,
+                                late=self.progress.late(now),
+                                save_due=save_every is not None and now - last_save >= save_every)
+                if not syncs.due(sums.batches, at_end, report):
+                    continue
+                agreed = self.sync_point(syncs, report, sums, bar, lr, on_progress)
+                stopping = agreed.stop
+                if stopping or at_end or self.progress.spent:
                     break
-        self.position = sums.position(row, hidden, self.group)
-        if loop.stopping:  # (at the end of the epoch too: saved before its validation,
-            return None  # which a resume then runs)
+                if agreed.save_due:  # (the end of the epoch saves the state anyway)
+                    self.position = sums.position(row, hidden, group)
+                    self.save_state()
+                    last_save = time.time()
+        finally:
+            bar.close()
+            self.progress.pause(time.time())
+        self.position = sums.position(row, hidden, group)
+        if stopping:  # (at the end of the epoch too: saved before its validation, which a
+            return None  # resume then runs)
         return self.position.loss_sum / self.position.tokens
 
-    def after_step(self):
-        """The schedule's step and the weight average's update, after every training step."""
-        if self.plan is not None:
-            self.schedule.after_step(self.plan.schedule_position(self.steps + 1))
-        if (self.averaged is None and self.plan is not None and self.schedule.averages
-                and self.plan.averaging_from(self.steps)):  # (NT-ASGD may have started it)
+    def sync_point(self, syncs, report, sums, bar, lr, on_progress):
+        """The processes agree on the epoch's sums, on a budget's share of time passed and
+        on what any of them asked for; the mean loss since the last sync point is checked
+        for divergence, and the loss so far is shown with the schedule's `lr`."""
+        report.progress = self.progress.own_share(time.time())
+        agreed = syncs.agree(report, sums.batches)
+        self.progress.agree(agreed.progress, agreed.late)
+        recent, since = sums.agreed(agreed)
+        if self.diverged(recent):
+            raise self.divergence(f"the mean training loss of batches {since + 1}-{sums.batches}",
+                                  recent)
+        mean_loss = sums.loss_sum / sums.tokens
+        tokens_per_s = sums.tokens / max(time.time() - sums.started, 1e-9)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", ppl=f"{ppl(mean_loss):.1f}", lr=f"{lr:g}",
+                        tok_s=f"{tokens_per_s:,.0f}")
+        if on_progress is not None:
+            on_progress(self.steps, mean_loss, lr, tokens_per_s)
+        return agreed
+
+    def after_step(self, progress):
+        """The weight average's update after every training step, started first where the
+        schedule averages from a share of the run (NT-ASGD may have started it)."""
+        average_from = self.schedule.average_from
+        if self.averaged is None and average_from is not None and progress >= average_from:
             self.averaged = RunningAverage(self.model)
         if self.averaged is not None:
             self.averaged.update_parameters(self.model)
@@ -256,10 +331,12 @@ class Trainer:
     def end_epoch(self, train_loss):
         """Validate, save the best model, apply the schedule's decision; returns the epoch's
         metrics row, whose saved, switched and out_of_time fields say what happened (and
-        its event, in words)."""
+        its event, in words). A budget whose time ran out during the epoch, or during its
+        validation (every process agrees), ends the run here."""
         s = self.s
         seconds, validation_started = self.position.seconds, time.time()
-        epoch_lr = self.schedule.current()  # (a planned schedule: where it stands at the end)
+        progress = self.progress.at(self.epoch, self.position.index, self.position.batches)
+        epoch_lr = self.schedule.current(progress)
         valid_loss = mean_nll(self.eval_model, self.corpus.valid, s["eval_batch_size"],
                               s["bptt"], progress="validating", group=self.group)
         if self.diverged(valid_loss):
@@ -274,11 +351,11 @@ class Trainer:
                                                   averaging=self.averaged is not None)
         if decision == START_AVERAGING:
             self.averaged = RunningAverage(self.model)  # averages the iterates from here on
-        self.done = self.done or decision == FINETUNE_DONE or self.out_of_time
-        event = "; ".join(word for word in (
-            "out of time" if self.out_of_time else "",
-            "re-planned" if self.plan is not None and self.plan.replanned else "",
-            decision or ("saved" if saved else "")) if word)
+        out_of_time = self.progress.clock is not None and (
+            self.progress.spent or self.group.any(self.progress.late(time.time())))
+        self.done = self.done or decision == FINETUNE_DONE or out_of_time
+        event = "; ".join(word for word in ("out of time" if out_of_time else "",
+                                            decision or ("saved" if saved else "")) if word)
         self.valid_history.append(valid_loss)
         elapsed = self.seconds_trained() + (time.time() - validation_started)
         yes = {True: "yes", False: ""}
@@ -288,14 +365,12 @@ class Trainer:
                    valid_loss=round(valid_loss, 5), valid_ppl=round(ppl(valid_loss), 3),
                    lr=epoch_lr, mode=mode, event=event, elapsed_s=round(elapsed, 2),
                    resumed=yes[self.resumed], saved=yes[saved],
-                   switched=yes[decision == START_AVERAGING],
-                   out_of_time=yes[self.out_of_time])
+                   switched=yes[decision == START_AVERAGING], out_of_time=yes[out_of_time],
+                   progress=round(progress, 4))
         self.metrics.append(row)
         self.epoch += 1
         self.position = None
         self.resumed = False
-        if self.plan is not None:
-            self.plan.replanned = False
         return row
 
     # The training state ----------------------------------------------------------------------
@@ -312,23 +387,17 @@ class Trainer:
             position=vars(self.position).copy() if self.position is not None else None,
             valid_history=self.valid_history, best_valid_loss=self.best_valid_loss,
             metrics=self.metrics, steps=self.steps, done=self.done,
-            plan=self.plan.layout if self.plan is not None else None,
+            progress=self.progress.state_dict(),
             rng=self.group.random_states(self.device, self.rng))
 
     def load_state_dict(self, state):
         """Continue from a training state (state_dict's, as a checkpoint holds it) exactly
-        when as many processes run as saved it; returns how many did."""
+        when as many processes run as saved it; returns how many did. A resume that asks
+        for other --epochs spreads the rest of the run's progress over them."""
         self.model.load_state_dict(state["model"])
         if state["averaged"] is not None:
             self.averaged = RunningAverage(self.model)
             self.averaged.load_state_dict(state["averaged"])
-        if state.get("plan") is not None:
-            # The plan (its epochs stay the settings', which a resume may change:
-            # fit_plan_to_epochs) and the schedule over it come first: constructing a torch
-            # scheduler writes an lr and betas, which the optimizer's state then replaces.
-            self.plan = Plan(state["plan"])
-            if self.schedule.planned:
-                self.schedule.fit(self.plan.schedule_steps)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(dict(lr=state["lr"], scheduler=state.get("scheduler")))
         self.epoch, self.valid_history = state["epoch"], state["valid_history"]
@@ -342,6 +411,15 @@ class Trainer:
             self.position = Position(**state["position"])
             self.position.hidden = map_hidden(lambda h: h[:, columns].contiguous().to(self.device),
                                               self.position.hidden)
+        where = ((self.position.index, self.position.batches) if self.position is not None
+                 else (0, 0))
+        if state.get("progress") is not None:
+            self.progress.load_state_dict(state["progress"])
+        elif state.get("plan") is not None:  # (a state written before progress.py)
+            self.progress.read_plan(state["plan"], self.steps,
+                                    self.progress.epochs_done(self.epoch, *where),
+                                    self.seconds_trained())
+        self.progress.set_epochs(self.s["epochs"], self.epoch, *where)
         return self.group.restore_random_states(state["rng"], self.device, self.rng)
 
     def pack(self, kind, **contents):
@@ -373,7 +451,8 @@ class Trainer:
         """A throwaway copy of the model (its LSTM weights packed for cuDNN, as the trained
         one's are), a fresh optimizer for it at --lr, and its training step,
         `step(inputs, targets, hidden) -> (loss, hidden)` (through its objective, wrapped as
-        under torchrun): what budget.measure times, leaving the run untouched."""
+        under torchrun): what progress.measure_reserve steps and times, leaving the run
+        untouched."""
         model = pack_lstm_weights(copy.deepcopy(self.model)).train()
         objective = self.group.wrap(Objective(model, self.s["alpha"], self.s["beta"]),
                                     find_unused_parameters=model.adaptive)

@@ -105,8 +105,8 @@ def figures(logs, name, curve_csv):
         return (done if name != "bench" else table or done) or partial
     if name == "recipe":
         kept = [line for line in lines if line.startswith((
-            "device:", "budget ", "plan:", "schedule 1cycle", "behind the plan", "finished",
-            "stopped", "best model", "error"))]
+            "device:", "budget ", "schedule 1cycle", "finished", "stopped", "best model",
+            "error"))]
         return kept + curve(curve_csv)
     if name.startswith("evaluate"):
         return [line for line in lines if " ppl " in line or "ppl so far" in line][-4:]

@@ -77,13 +77,10 @@ def test_launch_commands_name_the_processes():
 def test_one_process_agrees_with_itself_field_by_field():
     """Each field of a Report combines as its kind says: sums, means, requests (any)."""
     syncs = SyncPoints(SINGLE, batches=0, log_interval=50)
-    mine = Report(torch.tensor(12.5, dtype=torch.float64), 40, pace=0.25, seconds_left=9.0,
-                  late=True)
+    mine = Report(torch.tensor(12.5, dtype=torch.float64), 40, progress=0.25, late=True)
     agreed = syncs.agree(mine, batches=4)
-    assert (agreed.loss_sum, agreed.tokens, agreed.pace, agreed.seconds_left) == (
-        12.5, 40, 0.25, 9.0)
-    assert (agreed.stop, agreed.late, agreed.save_due, agreed.behind) == (
-        False, True, False, False)
+    assert (agreed.loss_sum, agreed.tokens, agreed.progress) == (12.5, 40, 0.25)
+    assert (agreed.stop, agreed.late, agreed.save_due) == (False, True, False)
     assert agreed.step_s >= 0 and isinstance(agreed.tokens, int)
 
 

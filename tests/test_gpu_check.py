@@ -47,7 +47,7 @@ def test_the_smoke_run_passes_every_step_with_python3_alone_and_returns_8_files(
     assert f"python: {tmp_path / 'bin' / 'python3'}" in summary
     precision = (tmp_path / "out" / "precision.txt").read_text()
     assert "LSTMs in bfloat16 on" in precision and "LSTMs in float32 on onednn" in precision
-    assert "budget run: --precision " in summary and "schedule 1cycle over" in summary
+    assert "budget run: --precision " in summary and "schedule 1cycle: " in summary
     assert "test ppl" in summary and "epoch   1 |" in summary  # the test, the curve
     assert "cache (W 3785" in summary and "dynamic (lr " in summary
     assert " passed, 0 failed, " in summary  # the tests' outcomes

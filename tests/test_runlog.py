@@ -18,7 +18,7 @@ def row(epoch, event="", **decisions):
     out_of_time as "yes"."""
     return dict(epoch=epoch, seconds=1.5, tokens_per_s=1000, train_loss=5.0, train_ppl=148.4,
                 valid_loss=4.9, valid_ppl=134.3, lr=30.0, mode="SGD", event=event,
-                elapsed_s=2.0 * epoch, resumed="",
+                elapsed_s=2.0 * epoch, resumed="", progress=epoch / 10,
                 **{name: decisions.get(name, "") for name in ("saved", "switched",
                                                               "out_of_time")})
 
@@ -57,9 +57,10 @@ def test_the_csv_begins_with_the_provenance_of_the_start_and_each_resume(tmp_pat
 def test_rows_of_older_runs_without_the_new_columns_still_write(tmp_path):
     log = RunLog(settings(tmp_path))
     old = {k: v for k, v in row(1).items() if k not in ("elapsed_s", "resumed", "saved",
-                                                          "switched", "out_of_time")}
+                                                          "switched", "out_of_time",
+                                                          "progress")}
     log.state_saved([old], [])
-    assert read_metrics(log.path)[0]["elapsed_s"] == ""
+    assert read_metrics(log.path)[0]["elapsed_s"] == read_metrics(log.path)[0]["progress"] == ""
 
 
 def test_the_epoch_line_names_the_switch_and_the_time_to_finish(tmp_path, capsys):
@@ -70,6 +71,10 @@ def test_the_epoch_line_names_the_switch_and_the_time_to_finish(tmp_path, capsys
     assert "switching to ASGD at epoch 7" in out
     RunLog(settings(tmp_path, epochs=7)).epoch_ended(row(7))
     assert "more" not in capsys.readouterr().out  # the last epoch: nothing left
+    # under a budget: the training time its clock leaves, whatever --epochs says
+    RunLog(settings(tmp_path, epochs=50)).epoch_ended(row(4), training_left_s=125.0)
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("| training ends in ~2m 05s") and "more" not in out
 
 
 def test_the_epoch_line_reads_the_decisions_from_their_fields(tmp_path, capsys):
@@ -183,7 +188,7 @@ def test_a_lock_that_cannot_be_removed_is_a_note_not_a_traceback(tmp_path, monke
 
 
 @pytest.mark.parametrize("damage, fragment", [
-    (lambda text: text[:text.rindex("148.4")], "line 6: the row is cut short (5 of 15 columns)"),
+    (lambda text: text[:text.rindex("148.4")], "line 6: the row is cut short (5 of 16 columns)"),
     (lambda text: text.encode() + b"\x00\xff\xfe junk", "line 7: not text"),
 ])
 def test_a_damaged_metrics_csv_names_the_file_and_the_line(tmp_path, damage, fragment):

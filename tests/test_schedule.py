@@ -1,8 +1,10 @@
-"""Tests of schedule.py: each schedule is the one writer of the lr, decides at the end of
-an epoch as its rule says, and saves and restores its place; NT-ASGD's trigger; the 1cycle
-phases."""
+"""Tests of schedule.py: each schedule is the one writer of the lr, a function of the run's
+progress or a decision at the end of an epoch; NT-ASGD's trigger; the linear, onecycle and
+1cycle shapes; runs of --epochs end at their schedule's last value; a new schedule is one
+class."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,13 +15,14 @@ import schedule
 import settings
 import train
 from optim import make_optimizer
-from schedule import (FINETUNE_DONE, LR_CUT, ONE_CYCLE, SCHEDULES, START_AVERAGING, OneCycleLR,
-                      PlannedSchedule, make_schedule, one_cycle_factor, should_start_averaging)
+from schedule import (FINETUNE_DONE, LR_CUT, ONE_CYCLE, SCHEDULES, START_AVERAGING, Schedule,
+                      make_schedule, one_cycle_factor, should_start_averaging)
 from settings import BY_NAME, defaults
 
 
 def schedule_of(name, **changes):
-    settings = {**defaults("awd"), "schedule": name, "finetune": None, "bptt": 10, **changes}
+    settings = {**defaults("awd"), "schedule": name, "finetune": None, "bptt": 10,
+                "budget_minutes": None, **changes}
     weight = torch.nn.Parameter(torch.zeros(3))
     optimizer = make_optimizer(settings, [weight])
     return make_schedule(settings, optimizer), optimizer
@@ -32,14 +35,17 @@ def test_the_schedules_are_the_choices_of_the_flag():
 def test_a_schedule_sets_every_groups_lr_scaled_by_the_window():
     schedule, optimizer = schedule_of("ntasgd", lr=30.0)
     optimizer.add_param_group(dict(params=[torch.nn.Parameter(torch.zeros(2))]))
-    assert schedule.lr(5) == 30.0  # (what the progress shows: the unscaled lr)
+    assert schedule.lr(5, progress=0.7) == 30.0  # (what the progress shows: the unscaled lr)
     assert [group["lr"] for group in optimizer.param_groups] == [15.0, 15.0]
+    linear, optimizer = schedule_of("linear", lr=30.0, cooldown=1.0)
+    assert linear.lr(10, progress=0.75) == pytest.approx(7.5)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(7.5)
 
 
 def test_the_1cycle_recipe_takes_its_lr_whatever_the_window_as_its_authors_code_does():
     recipe = settings.RECIPES["1cycle"]
     schedule, optimizer = schedule_of("ntasgd", lr=5e-3, lr_by_window=recipe["lr_by_window"])
-    schedule.lr(5)
+    schedule.lr(5, progress=0.0)
     assert optimizer.param_groups[0]["lr"] == 5e-3
 
 
@@ -58,7 +64,7 @@ def test_the_end_of_an_epoch_decides_as_the_schedule_says(name, finetune, losses
     schedule, _ = schedule_of(name, lr=30.0, nonmono=2, finetune=finetune)
     history, seen, best = [], [], float("inf")
     for loss in losses:
-        seen.append(schedule.current())
+        seen.append(schedule.current(progress=0.5))
         decided = schedule.after_validation(history, loss, improved=loss < best,
                                             averaging=False)
         assert decided == decisions[len(history)]
@@ -78,91 +84,170 @@ def test_nt_asgd_trigger(history, valid_loss, fires):
     assert should_start_averaging(history, valid_loss, nonmono=3) is fires
 
 
-@pytest.mark.parametrize("name", ["onecycle", "1cycle"])
-def test_a_planned_schedule_resumes_where_it_stood(name):
-    """Steps taken, saved, and loaded as a resume loads them (Trainer.load_state_dict: the
-    schedule fitted to the plan first, then the optimizer's state and the schedule's): the
-    two go on with the same lr and betas from the first step on."""
-    adam = dict(optimizer="adam", lr=5e-3)
-    first, first_optimizer = schedule_of(name, **adam)
-    first.fit(40)
-    for step in range(1, 13):
-        first_optimizer.step()  # (no gradients: the weights stay; torch counts the step)
-        first.after_step(step)
-    second, second_optimizer = schedule_of(name, **adam)
-    second.fit(40)  # (constructing a torch scheduler writes the optimizer's lr and betas)
-    second_optimizer.load_state_dict(first_optimizer.state_dict())
-    second.load_state_dict(first.state_dict())
-    for step in range(13, 40):
-        assert second.lr(10) == first.lr(10)
-        assert second_optimizer.param_groups[0]["betas"] == \
-            first_optimizer.param_groups[0]["betas"]
-        for optimizer, planned in ((first_optimizer, first), (second_optimizer, second)):
-            optimizer.step()
-            planned.after_step(step)
-    assert first.current() == pytest.approx(second.current())
+def test_linear_holds_the_lr_then_falls_to_0_over_the_cooldown():
+    schedule, _ = schedule_of("linear", lr=20.0, cooldown=0.25)
+    assert [schedule.current(p) for p in (0.0, 0.5, 0.75)] == [20.0] * 3
+    assert schedule.current(0.875) == pytest.approx(10.0) and schedule.current(1.0) == 0.0
+    constant, _ = schedule_of("linear", lr=20.0, cooldown=0.0)
+    assert constant.current(0.999) == constant.current(1.0) == 20.0
+
+
+def test_onecycle_is_torchs_onecyclelr_read_at_the_share_of_the_run():
+    """torch's OneCycleLR over N steps sets the lr (and Adam's beta1) that onecycle gives
+    at the same share of each phase: torch's first phase ends at step 0.3 N - 1, its last
+    at step N - 1 (p = 1)."""
+    total = 50
+    schedule, optimizer = schedule_of("onecycle", optimizer="adam", lr=0.01, warmup=0.3)
+    weight = torch.nn.Parameter(torch.zeros(3))
+    reference = torch.optim.Adam([weight], lr=0.01)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=0.01, total_steps=total,
+                                                    pct_start=0.3)
+    for step in range(total):
+        group = reference.param_groups[0]
+        rising = 0.3 * total - 1  # (step 14)
+        progress = (0.3 * step / rising if step <= rising else
+                    0.3 + 0.7 * (step - rising) / (total - 1 - rising))
+        assert schedule.current(progress) == pytest.approx(group["lr"], rel=1e-9), step
+        assert schedule.beta1(progress) == pytest.approx(group["betas"][0], rel=1e-9), step
+        reference.step()
+        scheduler.step()
+    assert schedule.current(1.0) == pytest.approx(0.01 / 25 / 1e4)
 
 
 def test_the_1cycle_lr_follows_gugger_and_howards_four_phases():
-    total = 900  # 90 "epochs" of 10 steps: phases end at steps 75, 450, 825 and 900
-    factor = [one_cycle_factor(step, total) for step in range(total + 1)]
-    assert factor[0] == pytest.approx(0.1) and factor[75] == 1.0
-    assert factor[37] == pytest.approx(0.1 + 0.9 * 37 / 75)  # linear up
-    assert set(factor[75:450]) == {1.0}  # held at the peak
-    assert factor[450 + 375 // 2] == pytest.approx(1 - 0.9 * (375 // 2) / 375)  # linear down
-    assert factor[825] == pytest.approx(0.1) and factor[900] == pytest.approx(0.0, abs=1e-12)
-    assert factor[825 + 75 // 2] < 0.1 / 2 + 0.01  # a cosine to zero
-    assert all(a >= b for a, b in zip(factor[450:], factor[451:]))
+    # as fractions of 90 "epochs": phases end at 7.5, 45, 82.5 and 90
+    ends = [7.5 / 90, 45 / 90, 82.5 / 90, 1.0]
+    assert one_cycle_factor(0.0) == pytest.approx(0.1) and one_cycle_factor(ends[0]) == 1.0
+    assert one_cycle_factor(ends[0] / 2) == pytest.approx(0.55)  # linear up
+    assert {one_cycle_factor(p) for p in (0.1, 0.3, 0.49)} == {1.0}  # held at the peak
+    middle = (ends[1] + ends[2]) / 2
+    assert one_cycle_factor(middle) == pytest.approx(0.55)  # linear down
+    assert one_cycle_factor(ends[2]) == pytest.approx(0.1)
+    assert one_cycle_factor(1.0) == pytest.approx(0.0, abs=1e-12)
+    assert one_cycle_factor((ends[2] + 1) / 2) == pytest.approx(0.05)  # a cosine to zero
+    shares = [i / 1000 for i in range(1001)]
+    assert all(one_cycle_factor(a) >= one_cycle_factor(b)
+               for a, b in zip(shares[500:], shares[501:]))
 
 
-def test_the_1cycle_schedule_is_torchs_lambdalr_with_beta1_against_the_lr():
-    settings = dict(optimizer="adam", schedule="1cycle", lr=5e-3, wdecay=1.2e-6)
-    weight = torch.nn.Parameter(torch.zeros(3))
-    optimizer = make_optimizer(settings, [weight])
-    scheduler = OneCycleLR(optimizer, total_steps=90)
-    assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
-    seen = []
-    for _ in range(90):
-        group = optimizer.param_groups[0]
-        seen.append((group["lr"], group["betas"]))
-        optimizer.step()
-        scheduler.step()
-    lrs = [lr for lr, _ in seen]
-    assert lrs[0] == pytest.approx(5e-4) and max(lrs) == pytest.approx(5e-3)
+def test_the_1cycle_beta1_moves_against_the_lr_and_beta2_is_0_99():
+    schedule, optimizer = schedule_of("1cycle", optimizer="adam", lr=5e-3)
+    assert optimizer.param_groups[0]["betas"] == (ONE_CYCLE["beta1"][0], ONE_CYCLE["beta2"])
     (beta1_low, beta1_peak), beta2 = ONE_CYCLE["beta1"], ONE_CYCLE["beta2"]
-    for lr, (beta1, second) in seen:
+    for p in (0.0, 0.05, 0.3, 0.7, 0.95, 1.0):
+        lr = schedule.lr(70, p)
+        beta1, second = optimizer.param_groups[0]["betas"]
         assert second == beta2
         if lr >= 5e-4:  # beta1 moves linearly against the lr, 0.8 at peak / 10, 0.7 at the peak
             assert beta1 == pytest.approx(beta1_low + (beta1_peak - beta1_low)
                                           * (lr - 5e-4) / (5e-3 - 5e-4))
         else:  # the cosine's end, below peak / 10
             assert beta1 == pytest.approx(beta1_low)
-    assert isinstance(make_optimizer(dict(settings, optimizer="sgd"), [weight]),
-                      torch.optim.SGD)
 
 
-class Cosine(PlannedSchedule):  # docs/training.md's example, as written there
-    """torch's CosineAnnealingLR from --lr to 0 over the planned steps."""
+@pytest.mark.parametrize("schedule, last_lr", [
+    (["--schedule", "onecycle", "--optimizer", "adam", "--lr", "0.003"], 0.003 / 25 / 1e4),
+    (["--recipe", "1cycle", "--batch_size", "4"], 0.0),
+    (["--schedule", "linear", "--cooldown", "0.5"], 0.0),
+])
+def test_a_run_of_epochs_reaches_its_schedules_last_value_at_its_last_step(
+        repeating, tmp_path, tiny, schedule, last_lr):
+    """Under variable BPTT the steps of an epoch are not known beforehand; p, the share of
+    the rows done, still reaches 1 at the last one."""
+    steps = []
+    original = Schedule.lr
 
-    def make(self, optimizer, total_steps):
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    def recorded(self, window, progress):
+        steps.append(progress)
+        return original(self, window, progress)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Schedule, "lr", recorded)
+        train.main(tiny["awd"] + ["--data", repeating, "--epochs", "3", "--variable-bptt"]
+                   + schedule + ["--save", str(tmp_path / "c.pt")])
+    state = checkpoint.load(str(tmp_path / "c.state.pt"), kind="state")
+    assert len(steps) == state["steps"] and steps == sorted(steps)
+    assert steps[-1] == 1.0 > steps[-2]  # the last step, and only it, at the end
+    rows = runlog.read_metrics(str(tmp_path / "c.csv"))
+    assert float(rows[-1]["lr"]) == pytest.approx(last_lr, abs=1e-15)
+    assert [float(r["progress"]) for r in rows][-1] == 1.0
+
+
+def test_a_resume_that_lowers_the_epochs_of_a_1cycle_run_ends_it_annealed(repeating, tmp_path,
+                                                                          monkeypatch, tiny):
+    common = tiny["awd"] + ["--data", repeating, "--recipe", "1cycle", "--batch_size", "4",
+                            "--epochs", "6", "--no-variable-bptt"]
+    original = train.Trainer.train_epoch
+
+    def stop_in_epoch_two(self, stop, *args, **kwargs):
+        if self.epoch == 1:
+            stop.requested = True  # as Ctrl-C: one more batch, then the state is saved
+        return original(self, stop, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_two)
+    train.main(common + ["--save", str(tmp_path / "c.pt")])
+    monkeypatch.undo()
+    train.main(["--resume", str(tmp_path / "c.state.pt"), "--epochs", "3"])
+    rows = runlog.read_metrics(str(tmp_path / "c.csv"))
+    assert len(rows) == 3 and float(rows[-1]["progress"]) == 1.0
+    assert 1 / 6 < float(rows[0]["progress"]) < float(rows[1]["progress"]) < 1
+    assert float(rows[-1]["lr"]) == 0.0  # the cycle's end, with the new last epoch
+
+
+@pytest.mark.parametrize("schedule", [
+    ["--schedule", "onecycle"],
+    ["--schedule", "onecycle", "--optimizer", "adam", "--lr", "0.003"],
+    ["--recipe", "1cycle", "--batch_size", "4"],
+    ["--schedule", "linear"],
+])
+def test_a_run_whose_schedule_follows_progress_resumes_exactly_from_mid_epoch(
+        repeating, tmp_path, monkeypatch, tiny, schedule):
+    common = tiny["awd"] + ["--data", repeating, "--epochs", "4", "--variable-bptt"] + schedule
+    train.main(common + ["--save", str(tmp_path / "straight.pt")])
+    original, calls = train.Trainer.train_epoch, []
+
+    def stop_in_epoch_three(self, stop, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            stop.requested = True  # as Ctrl-C: one more batch, then the state is saved
+        return original(self, stop, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_three)
+    train.main(common + ["--save", str(tmp_path / "split.pt")])
+    monkeypatch.undo()
+    stopped = checkpoint.load(str(tmp_path / "split.state.pt"), kind="state")
+    assert stopped["epoch"] == 2 and stopped["position"] is not None
+    train.main(["--resume", str(tmp_path / "split.state.pt")])
+    a = checkpoint.load(str(tmp_path / "straight.state.pt"), kind="state")
+    b = checkpoint.load(str(tmp_path / "split.state.pt"), kind="state")
+    assert (a["averaged"] is None) == (b["averaged"] is None)
+    for key in ("model", "averaged"):
+        for name in a[key] or {}:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]  # lr and betas
+
+
+class Cosine(Schedule):  # docs/training.md's example, as written there
+    """A cosine from --lr down to 0 over the run."""
+    summary = "a cosine from --lr down to 0 over the run"
+
+    def factor(self, progress):
+        return (1 + math.cos(math.pi * progress)) / 2
 
 
 def test_a_new_schedule_is_a_class_and_an_entry_of_the_table(repeating, tmp_path, monkeypatch,
                                                              tiny):
-    """docs/training.md's cosine schedule, added as it says (SCHEDULES and the choices of
-    --schedule, nothing else), trains over the planned steps to an lr of 0."""
+    """docs/training.md's cosine schedule, added as it says (a class and its entry in
+    SCHEDULES, whose names are the choices of --schedule), trains over the run to an lr
+    of 0."""
     monkeypatch.setitem(schedule.SCHEDULES, "cosine", Cosine)
-    old = settings.BY_NAME["schedule"]
+    old = settings.BY_NAME["schedule"]  # (made from SCHEDULES when settings.py is imported)
     new = dataclasses.replace(old, type=old.type + ("cosine",))
     monkeypatch.setattr(settings, "SETTINGS",
                         tuple(new if s is old else s for s in settings.SETTINGS))
     monkeypatch.setitem(settings.BY_NAME, "schedule", new)
     train.main(tiny["awd"] + ["--data", repeating, "--schedule", "cosine", "--epochs", "2",
-                              "--no-variable-bptt", "--save", str(tmp_path / "c.pt")])
-    state = checkpoint.load(str(tmp_path / "c.state.pt"), kind="state")
-    planned = state["plan"]["total_steps"]
-    assert state["steps"] == planned and state["scheduler"]["T_max"] == planned
+                              "--save", str(tmp_path / "c.pt")])
     rows = runlog.read_metrics(str(tmp_path / "c.csv"))
-    assert float(rows[0]["lr"]) < 30.0 / 2 + 1  # half way down the cosine after epoch 1
-    assert float(rows[1]["lr"]) < 0.01 * 30.0  # and one step short of 0 after epoch 2
+    assert float(rows[0]["lr"]) == pytest.approx(15.0, abs=1.0)  # half way down after epoch 1
+    assert float(rows[1]["lr"]) == pytest.approx(0.0, abs=1e-12)  # and at 0 after epoch 2

@@ -87,9 +87,9 @@ def test_resume_gives_the_same_weights_as_never_stopping(random_text, tmp_path, 
     assert_same_weights(straight[0], split[0])
     assert straight[1] is not None  # averaging started, and its weights match too
     assert_same_weights(straight[1], split[1])
-    def without_timings(path):
+    def without_timings(path):  # (and p, the share of the --epochs that each run asked for)
         return [{k: v for k, v in row.items()
-                 if k not in ("seconds", "tokens_per_s", "elapsed_s", "resumed")}
+                 if k not in ("seconds", "tokens_per_s", "elapsed_s", "resumed", "progress")}
                 for row in read_csv(path)]
 
     assert without_timings(tmp_path / "straight.csv") == without_timings(tmp_path / "split.csv")
@@ -532,8 +532,8 @@ def test_the_1cycle_recipe_trains_adam_on_its_four_phases_and_prints_them(random
                            "--max-batches", "10"]
     run(["--recipe", "1cycle"] + small + ["--save", tmp_path / "c.pt"])
     out = capsys.readouterr().out
-    assert "schedule 1cycle over 30 steps: lr 0.0005 -> 0.005 by step 2" in out
-    assert "cosine to 0 by step 30" in out
+    assert ("schedule 1cycle: lr 0.0005 -> 0.005 by 8.3% of the run (beta1 0.8 -> 0.7), held "
+            "to 50.0%, -> 0.0005 by 91.7% (beta1 -> 0.8), a cosine to 0 at its end") in out
     state = checkpoint.load(str(tmp_path / "c.state.pt"), kind="state")
     s = state["args"]
     assert (s["recipe"], s["model"], s["optimizer"], s["schedule"]) == (
@@ -543,9 +543,10 @@ def test_the_1cycle_recipe_trains_adam_on_its_four_phases_and_prints_them(random
     assert (s["dropouti"], s["dropout"], s["wdrop"], s["dropoute"], s["dropouth"]) == (
         0.6, 0.4, 0.5, 0.1, 0.2)
     assert state["averaged"] is None  # 1cycle does not average
-    assert state["scheduler"]["last_epoch"] == 29  # the schedule of steps 0-29, all used
-    group = state["optimizer"]["param_groups"][0]
-    assert group["betas"] == (0.8, 0.99) and group["weight_decay"] == 1.2e-6
+    assert state["steps"] == 30 and state["progress"]["epochs"] == 3
+    group = state["optimizer"]["param_groups"][0]  # (as the last step left it: p = 1)
+    assert group["lr"] == 0.0 and group["betas"] == (0.8, 0.99)
+    assert group["weight_decay"] == 1.2e-6
     assert "--recipe 1cycle trains --model awd" in bad_run(["--recipe", "1cycle"] + small
                                                             + ["--model", "lstm"])
 
