@@ -345,13 +345,14 @@ def start_the_clock(trainer, started):
                 f"{duration(now - started)} went to set-up and {clock.reserve_s:.1f} s must be "
                 "kept for the end (a validation, checkpoint writes, the test, a margin); a "
                 f"budget needs more than {math.ceil(needed * 10) / 10:g} minutes here")
+        until = time.strftime("%H:%M:%S", time.localtime(now + left))
         end = time.strftime("%H:%M:%S", time.localtime(now + left + clock.reserve_s))
         kept = (describe_reserve(reserve) if reserve else
-                f"{clock.reserve_s:.1f} s, as measured when the run started")
+                f"{clock.reserve_s:.1f} s (measured when the run started)")
         averaging = trainer.schedule.average_from
-        print(f"budget {s['budget_minutes']:g} min: {kept} kept for the end; training for "
-              f"{duration(left)}, until {time.strftime('%H:%M:%S', time.localtime(now + left))}"
-              + (f", averaging from {averaging:.0%} of it" if averaging is not None else "")
+        print(f"budget {s['budget_minutes']:g} min: keeps {kept} for the end; trains for "
+              f"{duration(left)}, until {until}"
+              + (f", averaging from {averaging:.0%} of that" if averaging is not None else "")
               + f"; the run ends by {end}")
     line = trainer.schedule.describe()
     if line:

@@ -152,7 +152,7 @@ def test_a_budget_ends_on_time_annealed_with_a_tested_model(repeating, tmp_path,
                               "--schedule", "linear", "--save", str(tmp_path / "b.pt")])
     elapsed = time.time() - started
     out = capsys.readouterr().out
-    assert "kept for the end; training for " in out and "schedule linear: lr 30" in out
+    assert "for the end; trains for " in out and "schedule linear: lr 30" in out
     # In-process, set-up is inside the budget. The bound leaves room for a machine whose
     # speed changes after the run measured it (the other core busy): a run that ignored its
     # budget would train for minutes (750 epochs).
@@ -202,7 +202,7 @@ def test_a_budget_stopped_and_resumed_goes_on_by_its_clock_and_ends_annealed(
     capsys.readouterr()
     train.main(["--resume", str(tmp_path / "c.state.pt")])
     out = capsys.readouterr().out
-    assert f"{clock['reserve_s']:.1f} s, as measured when the run started" in out
+    assert f"keeps {clock['reserve_s']:.1f} s (measured when the run started) for the end" in out
     rows = runlog.read_metrics(tmp_path / "c.csv")
     assert rows[2]["resumed"] == "yes" and rows[-1]["out_of_time"] == "yes"
     assert float(rows[-1]["progress"]) > 0.98 and float(rows[-1]["lr"]) < 0.02 * 5e-3

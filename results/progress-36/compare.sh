@@ -25,7 +25,7 @@ run() {  # run NAME ARGS...: one run, its files in OUT/NAME
 }
 run awd $AWD --epochs 4 --nonmono 1                      # NT-ASGD, switching to averaging
 run lstm $LSTM --epochs 3                                # anneal
-run lstm-cut $LSTM --epochs 4 --lr 100                   # anneal, an lr / 4 after epoch 2
+run lstm-cut $LSTM --epochs 6 --lr 100                   # anneal: lr / 4 at epoch 4, then 25
 run awd-capped $AWD --epochs 3 --max-batches 40 --save-every 0.001  # mid-epoch saves
 run finetune --finetune "$OUT/awd/run.pt" --epochs 3     # ends at the trigger
 rm -rf "$OUT/torchrun"; mkdir -p "$OUT/torchrun"
