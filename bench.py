@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import distributed
 from data import Corpus, CorpusError, batchify, windows
 from devices import (PRECISIONS, check_bf16, describe_device, keep_freed_memory,
-                     out_of_memory, set_precision, synchronize)
+                     out_of_memory, resolve_precision, set_precision, synchronize)
 from model import CLUSTER_SHRINK, build_model, count_parameters, model_config
 from settings import (COUNT, DEFAULT_DATA, RECIPES, Parser, SettingsError, ShowDefaults,
                       checked, cutoff_list, defaults)
@@ -191,10 +191,10 @@ def time_steps(run, shape, tokens, ntoken, device, steps, warmup, precision,
                 repacks=kernels.repacks, flops=flops)
 
 
-def matmul_peak(device, n, repeats=5):
-    """The device's rate at its best-suited work, FLOP/s: n x n float32 matmuls on the
-    threads the steps use, the fastest of three timings of `repeats`."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(device, n, dtype=torch.float32, repeats=5):
+    """The device's rate at its best-suited work, FLOP/s: n x n matmuls (float32 unless
+    `dtype`) on the threads the steps use, the fastest of three timings of `repeats`."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
     timings = []
     for _ in range(3):
@@ -236,6 +236,15 @@ RUNS = [
 RATIOS = (("a", "b"), ("c", "d"), ("e", "f"), ("g", "h"), ("a", "i"))
 
 
+def precision_list(text):
+    """An argparse type: "torch,bf16" -> ["torch", "bf16"], each a --precision."""
+    names = text.split(",")
+    if not all(name in PRECISIONS for name in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"must be one or more of {', '.join(PRECISIONS)}, "
+                                         f"comma-separated (got {text!r})")
+    return names
+
+
 def config_letters(text):
     """An argparse type: "ace" -> "ace", letters of CONFIGS only."""
     if not text or not set(text) <= set(CONFIGS):
@@ -258,8 +267,11 @@ def main(argv=None):
     p.add_argument("--data", default=DEFAULT_DATA, help="the corpus of (a)-(d)")
     p.add_argument("--cutoffs", type=cutoff_list, default=[20000, 60000],
                    help="the adaptive softmax's cutoffs in (e), as train.py --cutoffs")
-    p.add_argument("--precision", choices=PRECISIONS, default="torch",
-                   help="as train.py --precision (the example-style step (d) has no autocast)")
+    p.add_argument("--precision", type=precision_list, default=["torch"],
+                   help="as train.py --precision, or several side by side (torch,bf16): each "
+                        "configuration is timed at each, and the table gives their ratios; "
+                        "the example-style steps (d), (h), (i) have no autocast and run at "
+                        "the first only")
     p.add_argument("--peak-n", type=COUNT, default=2048,
                    help="the size of the matmuls that measure the device's peak")
     for prefix in ("awd", "lstm", "cpu30"):
@@ -286,7 +298,7 @@ def main(argv=None):
 
 
 def run(args, group, device):
-    set_precision(args.precision, device)
+    args.precision = list(dict.fromkeys(resolve_precision(p, device)[0] for p in args.precision))
     defaults = FULL if args.full or device.type == "cuda" else CPU_SMALL
     shapes = {kind: tuple(getattr(args, f"{kind}_{name}") or default
                           for name, default in zip(SHAPE, defaults[kind]))
@@ -298,34 +310,42 @@ def run(args, group, device):
                                                      for r in runs) else None
     where = f"{group.size} processes ({group.backend}), " if group.size > 1 else ""
     print(f"torch {torch.__version__} | {where}{device.type} ({describe_device(device)}, "
-          f"{args.precision}) | median of {args.repeats} x {args.steps} timed steps after "
-          f"{args.warmup} warm-up" + (f" | vocabulary {len(corpus.dictionary):,}"
-                                      if corpus else ""))
+          f"{','.join(args.precision)}) | median of {args.repeats} x {args.steps} timed steps "
+          f"after {args.warmup} warm-up" + (f" | vocabulary {len(corpus.dictionary):,}"
+                                            if corpus else ""))
     peak_flops = matmul_peak(device, args.peak_n)
     print(f"peak: {peak_flops / 1e9:,.1f} GFLOP/s ({args.peak_n} x {args.peak_n} float32 "
           "matmuls, the fastest of three timings)")
-    # Round-robin repeats, median per configuration: on a busy CPU single timings of the
-    # same configuration differ by 10% and more.
-    timings = {r["label"]: [] for r in runs}
+    if "bf16" in args.precision:
+        print(f"peak in bfloat16: {matmul_peak(device, args.peak_n, torch.bfloat16) / 1e9:,.1f} "
+              f"GFLOP/s (the same in bfloat16)")
+    # Each configuration at each precision (the example-style steps have no autocast: at
+    # the first only). Round-robin repeats, median per row: on a busy CPU single timings of
+    # the same configuration differ by 10% and more.
+    rows = [(r, precision) for r in runs for precision in args.precision
+            if precision == args.precision[0] or "step" not in r]
+    timings = {(r["label"], precision): [] for r, precision in rows}
     for repeat in range(args.repeats):
-        for r in runs:
+        for r, precision in rows:
             tokens, ntoken = ((large, WT103_WORDS) if r.get("large_vocabulary") else
                               (corpus.train, len(corpus.dictionary)))
             batch_size, bptt = shapes[r.get("shape", r["kind"])][3:]
             tokens_per_step = batch_size // group.size * bptt  # this process's
-            where = f"({r['label']}) {repeat + 1}/{args.repeats}"
+            where = f"({r['label']}) {repeat + 1}/{args.repeats}" + (
+                f" {precision}" if len(args.precision) > 1 else "")
 
             def progress(done, seconds, loss):
                 print(f"{where}, after {done} of {args.steps} timed steps: "
                       f"{figures(seconds, tokens_per_step, loss)}")
 
+            set_precision(precision, device)
             t = time_steps(dict(r, cutoffs=args.cutoffs), shapes[r.get("shape", r["kind"])],
-                           tokens, ntoken, device, args.steps, args.warmup, args.precision,
+                           tokens, ntoken, device, args.steps, args.warmup, precision,
                            group, progress)
-            timings[r["label"]].append(t)
+            timings[r["label"], precision].append(t)
             print(f"{where}: {figures(t['seconds'], tokens_per_step, t['train_loss'])}, LSTMs "
                   f"in {t['lstm_dtype']} on {t['kernels']} kernels, {t['repacks']} re-packs")
-    print_table(runs, timings, shapes, group, device, peak_flops)
+    print_table(rows, timings, shapes, group, device, peak_flops, args.precision)
     for kind in sorted({r.get("shape", r["kind"]) for r in runs}):
         print(f"shapes {kind}: " + ", ".join(f"{n} {v}" for n, v in zip(SHAPE, shapes[kind])))
     if large is not None:
@@ -353,36 +373,43 @@ def chosen_runs(args, shapes, group):
     return runs
 
 
-def print_table(runs, timings, shapes, group, device, peak_flops):
-    """One row per configuration (the median time of its repeats; the others' figures from
-    its first, all repeats starting from the same seed and data), with its FLOP/s as a
-    share of `peak_flops` (a process's), and the ratios."""
+def print_table(rows, timings, shapes, group, device, peak_flops, precisions):
+    """One row per configuration and precision (the median time of its repeats; the others'
+    figures from its first, all repeats starting from the same seed and data), with its
+    FLOP/s as a share of `peak_flops` (a process's, float32's), the ratios between
+    configurations at the first precision, and each precision's speed relative to the
+    first's."""
     memory = "peak GPU memory" if device.type == "cuda" else "process peak RSS"
     per_process = f" {'tok/s/proc':>10}" if group.size > 1 else ""
+    several = len(precisions) > 1
     print(f"{'configuration':<44} {'params':>11} {'ms/step':>9} {'tokens/s':>10}"
           f"{per_process} {'train ppl':>10} {'LSTM':>8} {'kernels':>8} {'re-packs':>8} "
           f"{memory:>16} {'GFLOP/step':>10} {'of peak':>7}")
     results = {}
-    for r in runs:
+    for r, precision in rows:
         label = r["label"]
         batch_size, bptt = shapes[r.get("shape", r["kind"])][3:]
-        first = timings[label][0]
-        seconds = statistics.median(t["seconds"] for t in timings[label])
-        peak = max(group.gather(max(t["peak"] for t in timings[label])))
+        first = timings[label, precision][0]
+        seconds = statistics.median(t["seconds"] for t in timings[label, precision])
+        peak = max(group.gather(max(t["peak"] for t in timings[label, precision])))
         # Each process's own rate over its columns; the run's is their sum.
         rates = group.gather(batch_size // group.size * bptt / seconds)
         seconds = max(group.gather(seconds))  # the processes wait for the slowest
-        results[label] = seconds
-        name = f"({label}) {r['title']}"
+        results[label, precision] = seconds
+        name = f"({label}) {r['title']}" + (f" [{precision}]" if several else "")
         per_process = f" {statistics.mean(rates):>10,.0f}" if group.size > 1 else ""
         print(f"{name:<44} {first['params']:>11,} {1000 * seconds:>9.1f} {sum(rates):>10,.0f}"
               f"{per_process} {ppl(first['train_loss']):>10.1f} {first['lstm_dtype']:>8} "
               f"{first['kernels']:>8} {first['repacks']:>8} {peak / 2**20:>13,.0f} MiB "
               f"{first['flops'] / 1e9:>10.3f} {first['flops'] / seconds / peak_flops:>7.1%}")
+        base = precisions[0]
+        if precision != base and (label, base) in results:
+            print(f"{f'{label}: {precision}/{base} (speed of {precision} relative to {base})':<44} "
+                  f"{'':>11} {results[label, base] / seconds:>9.3f}")
         for this, that in RATIOS:
-            if label == that and this in results:
+            if label == that and precision == base and (this, base) in results:
                 print(f"{f'{this}/{that} (speed of {this} relative to {that})':<44} "
-                      f"{'':>11} {results[that] / results[this]:>9.3f}")
+                      f"{'':>11} {results[that, base] / results[this, base]:>9.3f}")
 
 
 if __name__ == "__main__":

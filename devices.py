@@ -5,12 +5,15 @@ numeric precision (--precision, applied alike by every script).
     keep_freed_memory(device)           # on the CPU: no page faults for large tensors
     synchronize(device)                 # before reading a clock: the GPU's queue done
     set_precision("bf16", device)       # --precision, as every script applies it
+    resolve_precision("auto", device)   # ("bf16", why) on a CPU whose bfloat16 pays, ...
     check_bf16(device, model, 80)       # bf16: the model's LSTMs run here, or why not
 
 Under torchrun each process's device is distributed.start's.
 """
 
 import ctypes
+import math
+import time
 
 import torch
 
@@ -79,6 +82,7 @@ PRECISIONS = BY_NAME["precision"].type  # the choices of --precision
 
 def set_precision(precision, device, training=True):
     """Apply --precision to this process, the same way in every script:
+        auto   bf16 on a CPU whose bfloat16 matmuls pay, else torch (resolve_precision)
         torch  PyTorch's own defaults: float32, matmuls in IEEE float32, cuDNN's LSTMs
                allowed TensorFloat-32 (on GPUs that have it)
         fp32   IEEE float32 everywhere
@@ -99,6 +103,7 @@ def set_precision(precision, device, training=True):
     torch). The switches are set through PyTorch's older setters, which keep its newer
     per-operator flags (torch >= 2.9) in step: setting one of those alone leaves torch's
     own TF32 getters raising."""
+    precision, _ = resolve_precision(precision, device)
     if training and precision == "tf32" and device.type != "cuda":
         raise SettingsError("--precision tf32 needs an NVIDIA GPU (TF32 is a tensor-core "
                             "format); on the CPU use --precision fp32")
@@ -113,12 +118,68 @@ def float32_math():
                                                      torch.backends.cudnn.allow_tf32))
 
 
+def cpu_has_bf16():
+    """Whether this CPU computes bfloat16 itself (AVX-512 BF16 or AMX), as torch's oneDNN
+    reads it. Without, torch converts bfloat16 to float32 and back around float32 math,
+    which trains slower than float32 alone (results/bench-cpu/epyc-torch-bf16.txt)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_matmul_speedup(device, n=1024):
+    """How many times as fast `device` multiplies n x n bfloat16 matrices as float32 ones,
+    on the threads it trains with (the best of three timings each, about 0.2 s in all).
+    Above 1 where bfloat16 instructions pay; on this repository's 2-core Intel Xeon, with
+    AVX-512 BF16 but no AMX, 0.58 (results/bench-cpu/bf16-xeon.txt)."""
+    rates = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        a @ b
+        best = math.inf
+        for _ in range(3):
+            synchronize(device)
+            started = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            synchronize(device)
+            best = min(best, time.perf_counter() - started)
+        rates.append(1 / best)
+    return rates[1] / rates[0]
+
+
+# --precision auto takes bf16 on a CPU whose bfloat16 matmuls are at least this much faster
+# than its float32 ones (the rest of a step gains less, or loses: its float32 parts, the
+# casts).
+AUTO_BF16_SPEEDUP = 1.2
+
+
+def resolve_precision(precision, device):
+    """(the precision, why) for --precision: auto is bf16 on a CPU that has bfloat16
+    instructions and multiplies in bfloat16 at least AUTO_BF16_SPEEDUP times as fast as in
+    float32, else torch's defaults (also on a GPU, until one has measured which trains
+    best); any other as given (why: None)."""
+    if precision != "auto":
+        return precision, None
+    if device.type != "cpu":
+        return "torch", "auto: PyTorch's defaults on a GPU"
+    if not cpu_has_bf16():
+        return "torch", "auto: float32, this CPU has no bfloat16 instructions"
+    speedup = bf16_matmul_speedup(device)
+    choice = "bf16" if speedup >= AUTO_BF16_SPEEDUP else "torch"
+    return choice, (f"auto: {'bf16' if choice == 'bf16' else 'float32'}, this CPU's bfloat16 "
+                    f"matmuls run {speedup:.2f} times as fast as its float32 ones")
+
+
 def check_bf16(device, model, batch_size):
     """--precision bf16: refuse a device that cannot train `model`'s LSTMs in bfloat16 at
-    `batch_size` columns (lstm_layer.probe_bf16), saying why."""
+    `batch_size` columns (lstm_layer.probe_bf16), or a CPU without bfloat16 instructions,
+    saying why."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SettingsError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not "
                             "support bfloat16; use --precision torch (or fp32, tf32)")
+    if device.type == "cpu" and not cpu_has_bf16():
+        raise SettingsError("--precision bf16: this CPU has no bfloat16 instructions (AVX-512 "
+                            "BF16 or AMX), so bfloat16 would train slower than float32 here; "
+                            "use --precision torch (--precision auto chooses for you)")
     try:
         probe_bf16(device, model, batch_size)
     except RuntimeError as e:

@@ -66,8 +66,9 @@ class CachePointer:
 
     def add(self, logp, states, targets):
         """logp, targets: (T, batch); states: (T, batch, d), the states that predicted them."""
-        if self.states is None:
+        if self.states is None:  # (the sums stay on the device: no wait for it per window)
             self.states, self.words = states[:0], targets[:0]
+            self.total_nll = self.total_nll.to(states.device)
         n, steps = self.words.size(0), targets.size(0)
         keys = torch.cat([self.states, states])  # (n + T, batch, d)
         key_words = torch.cat([self.words, targets])  # (n + T, batch)
@@ -84,7 +85,7 @@ class CachePointer:
                                       dim=-1).nan_to_num(0.0)
             p_cache = (attention * match).sum(dim=-1).double()  # (batch, T)
             mixed = torch.where(has_history, lams * p_cache + (1 - lams) * p_model, p_model)
-            self.total_nll[a] -= mixed.log().sum(dim=(1, 2)).cpu()
+            self.total_nll[a] -= mixed.log().sum(dim=(1, 2))
         self.states, self.words = keys[-self.window:], key_words[-self.window:]
 
 
@@ -231,7 +232,7 @@ def parse_args(argv=None):
     g.add_argument("--tune-cache", dest="tune_cache", action="store_true",
                    help="grid-search theta and lambda on valid, then report --split with them")
     g = p.add_argument_group("dynamic evaluation (Krause et al. 2018; the defaults are their "
-                             "WikiText-2 setting, see the README)")
+                             "WikiText-2 setting: docs/evaluation.md)")
     g.add_argument("--dynamic", action="store_true", help="dynamic evaluation")
     g.add_argument("--tune-dynamic", dest="tune_dynamic", action="store_true",
                    help="grid-search --dyn-lr (x0.5 to x4) and --dyn-decay on valid, then "

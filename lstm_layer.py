@@ -34,7 +34,8 @@ class LSTMLayer(nn.Module):
     off. Two reasons: cuDNN's autocast wrapper runs RNNs in float16 whatever dtype autocast
     asks for, and a weight swapped into an nn.LSTM (torch.func.functional_call) makes it
     re-pack its flat buffer on every call. On a GPU the weights handed over are views of one
-    new buffer in the layout of the module's own (in_one_block), so cuDNN copies nothing.
+    new buffer in the layout of the module's own (in_one_block), so that cuDNN copies
+    nothing (expected from torch's sources; no GPU has run this yet).
     The module's parameters are never replaced or patched.
     """
 
@@ -80,20 +81,23 @@ def flat_layout(weights):
 def in_one_block(weights, layout):
     """`weights` as views of one new buffer at the offsets of `layout` (gaps zero), or
     unchanged when there is no layout. The copy is differentiable: gradients reach the
-    weights (and the weight-drop mask) through it."""
+    weights (and the weight-drop mask) through it. The buffer is split once, not sliced
+    per weight: the backward of each slice would write a zero gradient of the whole
+    buffer, that of a split writes one."""
     if layout is None:
         return weights
     offsets, length = layout
-    pieces, end = [], 0
+    pieces, end, places = [], 0, []
     for w, start in zip(weights, offsets):
         if start > end:
             pieces.append(w.new_zeros(start - end))
+        places.append(len(pieces))
         pieces.append(w.reshape(-1))
         end = start + w.numel()
     if length > end:
         pieces.append(weights[0].new_zeros(length - end))
-    block = torch.cat(pieces)
-    return [block[start:start + w.numel()].view_as(w) for w, start in zip(weights, offsets)]
+    parts = torch.cat(pieces).split([piece.numel() for piece in pieces])
+    return [parts[place].view_as(w) for place, w in zip(places, weights)]
 
 
 def pack_lstm_weights(module):

@@ -22,10 +22,12 @@ frequent words in a small head and the rare ones in smaller clusters, never form
 ntoken logits in training (out.logits is then None).
 
 Under torch.autocast (train.py --precision bf16) the LSTMs compute in the autocast dtype
-(LSTMLayer), the decoder's matmul follows autocast's policy, and the loss is float32.
+(LSTMLayer), the decoder's matmuls (a full softmax's, or an adaptive one's head and
+clusters) follow autocast's policy, and every log-softmax and the loss are float32.
 """
 
 import inspect
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -120,18 +122,15 @@ class WordScores:
     def loss(self, out, targets):
         """Mean cross-entropy of (seq, batch) targets, in float32."""
         if self.adaptive:
-            flat = out.dropped_output.flatten(0, 1).float()
-            with autocast_off(flat):
-                return self.decoder(flat, self.word_rank[targets.flatten()]).loss
+            return -self.target_log_probs(out, targets).mean()
         return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
 
     def target_log_probs(self, out, targets):
-        """log p(target) at every position, (seq, batch), computed in float32."""
+        """log p(target) at every position, (seq, batch), in float32."""
         if self.adaptive:
-            flat = out.dropped_output.flatten(0, 1).float()
-            with autocast_off(flat):
-                ranks = self.word_rank[targets.flatten()]
-                return self.decoder(flat, ranks).output.view(targets.shape)
+            ranks = self.word_rank[targets.flatten()]
+            flat = out.dropped_output.flatten(0, 1)  # (seq * batch, features)
+            return adaptive_log_probs(self.decoder, flat, ranks).view(targets.shape)
         return torch.log_softmax(out.logits.float(), dim=-1).gather(
             2, targets.unsqueeze(2)).squeeze(2)
 
@@ -146,11 +145,33 @@ class WordScores:
         return out.logits
 
 
+def adaptive_log_probs(decoder, x, ranks):
+    """log p(rank) for each row of x (n, features) under torch's adaptive softmax `decoder`
+    (its head scores the commonest words and one entry per tail cluster; a cluster scores
+    its words given the cluster), as decoder(x, ranks).output computes it, but with every
+    log-softmax in float32: under autocast (--precision bf16) the head's and the clusters'
+    matmuls run in bfloat16 and the loss does not. (torch's own forward writes the head's
+    and the clusters' results into one tensor, which under autocast would mix dtypes.)
+    Returns (n,) float32."""
+    shortlist = decoder.shortlist_size
+    scored = torch.zeros(len(ranks), dtype=torch.float32, device=x.device)
+    head_index = ranks.clone()  # the head's entry for each row: its word, or its cluster
+    for i, (low, high) in enumerate(itertools.pairwise(decoder.cutoffs)):
+        rows = ((ranks >= low) & (ranks < high)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        head_index[rows] = shortlist + i
+        within = decoder.tail[i](x.index_select(0, rows)).float().log_softmax(dim=1)
+        scored = scored.index_copy(0, rows, within.gather(1, (ranks[rows] - low).unsqueeze(1))
+                                   .squeeze(1))
+    head = decoder.head(x).float().log_softmax(dim=1)  # (n, shortlist + clusters)
+    return scored + head.gather(1, head_index.unsqueeze(1)).squeeze(1)
+
+
 def autocast_off(x):
-    """The adaptive softmax runs in float32 with autocast off: it writes log-probabilities
-    computed by its head and by its clusters into one tensor of its input's dtype, and
-    autocast policies differ on the dtype of each (CUDA's computes log_softmax in float32,
-    the CPU's in bfloat16), so under autocast it would mix dtypes."""
+    """torch's adaptive softmax as a whole (log_prob, for sampling) runs in float32 with
+    autocast off: it writes log-probabilities computed by its head and by its clusters into
+    one tensor, and under autocast they would be of other dtypes."""
     return torch.autocast(x.device.type, enabled=False)
 
 

@@ -29,7 +29,8 @@ class RunningAverage(AveragedModel):
     """NT-ASGD's uniform average of the weights after every step since it started.
 
     torch's AveragedModel.update_parameters reads its step counter, a tensor, on the host
-    and copies it to the GPU on every call: two waits for the GPU per training step. This
+    and copies it to the device on every call: on a GPU, two waits for it per training
+    step (as torch's source reads; no GPU has run this yet). This
     subclass keeps the count as a Python int (mirrored into the n_averaged buffer, so the
     state_dict is AveragedModel's) and updates each weight in place with lerp_, which
     computes the same mean: avg += (w - avg) / (n + 1)."""

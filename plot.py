@@ -34,7 +34,7 @@ IMAGE_TYPES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # what --out may write
 
 
 def run_label(path):
-    """checkpoints/awd.csv -> awd; results/gpu-awd/metrics.csv -> gpu-awd"""
+    """checkpoints/awd.csv -> awd; results/cpu30/metrics.csv -> cpu30"""
     stem = os.path.splitext(os.path.basename(path))[0]
     return os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "metrics" else stem
 

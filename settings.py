@@ -192,7 +192,9 @@ SETTINGS = (
     S("eval_batch_size", COUNT, 10, "validation batch size"),
     S("test_batch_size", COUNT, 1, "test batch size", resumable=True),
     S("seed", SEED, {"awd": 1882, "lstm": 1111}, "random seed"),
-    S("precision", ("torch", "fp32", "tf32", "bf16"), "torch", "torch: PyTorch's defaults "
+    S("precision", ("auto", "torch", "fp32", "tf32", "bf16"), "torch", "auto: bf16 on a CPU "
+      "whose bfloat16 matmuls are measured faster than its float32 ones, else torch; torch: "
+      "PyTorch's defaults "
       "(float32; cuDNN's LSTMs may use TensorFloat-32); fp32: IEEE float32; tf32: "
       "TensorFloat-32 matmuls and LSTMs (NVIDIA GPUs); bf16: training steps in bfloat16, "
       "loss, weights and optimizer in float32", resumable=True),
@@ -208,7 +210,8 @@ SETTINGS = (
       "last trained on them (it is then another run, and its provenance says so)", RUN),
     S("device", ("auto", "cpu", "cuda"), "auto", "where to train (auto: CUDA when available, "
       "else the CPU)", RUN),
-    S("max_batches", COUNT, None, "cap the training batches per epoch (smoke runs)", RUN),
+    S("max_batches", COUNT, None, "cap the training batches per epoch (smoke runs; the run's "
+      "state keeps it, so a resume trains the same capped epochs)"),
     S("log_interval", COUNT, 50, "batches between progress-bar updates", RUN),
     S("save_every", POSITIVE, None, "also save the training state every MINUTES within an "
       "epoch, to resume from exactly", RUN, metavar="MINUTES"),

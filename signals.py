@@ -55,11 +55,12 @@ class StopRequest:
 
 def signals_as_ctrl_c():
     """Outside the epoch loop (where StopRequest takes them over), SIGTERM and SIGHUP end a
-    run as Ctrl-C does: a KeyboardInterrupt, which train.main reports."""
+    run as Ctrl-C does: a KeyboardInterrupt, which train.main reports. Leaving the block
+    restores all three as they were (ignore_stops may have changed them)."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    return handling((signal.SIGTERM, signal.SIGHUP), interrupt)
+    return handling(STOP_SIGNALS, interrupt)
 
 
 # A terminal that hung up fails every write with EIO; a pipe whose reader is gone (`| tee`
@@ -111,7 +112,9 @@ def output_that_outlives_its_reader():
         sys.stdout, sys.stderr = streams
 
 
-def signals_ignored():
-    """While a failed run says what is left of it: torchrun sends SIGTERM to every process
-    as soon as one is lost, and it must not cut that message short."""
-    return handling(STOP_SIGNALS, signal.SIG_IGN)
+def ignore_stops():
+    """From now on, until the enclosing signals_as_ctrl_c restores them, ignore Ctrl-C,
+    SIGTERM and SIGHUP: a run that failed is saying what is left of it, and torchrun sends
+    SIGTERM to every process as soon as one is lost, at a moment no process can foresee."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

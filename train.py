@@ -37,7 +37,7 @@ import signals
 from checkpoint import CheckpointError
 from data import Corpus, CorpusError, check_batch_size, mean_nll, mean_seq_len
 from devices import (check_bf16, describe_device, keep_freed_memory, out_of_memory,
-                     set_precision)
+                     resolve_precision, set_precision)
 from distributed import SYNC_SECONDS
 from progress import describe_reserve, measure_reserve
 from runfiles import RunFiles
@@ -104,15 +104,15 @@ def train(args, stack, group, device, argv):
                   f"{budget_minutes:g} minutes used ({summary['budget_used']:.1%})")
         log.finished(summary)
     except WriteFailed as e:  # a full disk, a read-only directory
-        with signals.signals_ignored():
-            raise TrainingError(f"{e}. {what_is_left(trainer, args)}") from None
+        signals.ignore_stops()  # (until main has said what is left)
+        raise TrainingError(f"{e}. {what_is_left(trainer, args)}") from None
     except RuntimeError as e:  # under torchrun: another process died
         reason = distributed.lost_peer(e) if group.size > 1 else None
         if reason is None:
             raise
-        with signals.signals_ignored():
-            raise TrainingError(f"another process of this run was lost ({group.backend}: "
-                                f"{reason}). {what_is_left(trainer, args)}") from None
+        signals.ignore_stops()  # (torchrun stops every process once one is lost)
+        raise TrainingError(f"another process of this run was lost ({group.backend}: "
+                            f"{reason}). {what_is_left(trainer, args)}") from None
 
 
 def run_epochs(trainer, args, log):
@@ -216,6 +216,9 @@ def set_up(args, stack, group, device, command):
                         f"{path} exists and a new run would replace it; continue that run "
                         f"with --resume {state_file}, choose another --save, or pass "
                         "--overwrite")
+    settings["precision"], why = resolve_precision(settings["precision"], device)
+    if why:  # (--precision auto: the choice is saved with the run's settings)
+        print(f"precision {settings['precision']} ({why})")
     set_precision(settings["precision"], device)
     log = stack.enter_context(RunLog(settings, args.tensorboard, writes=group.main))
     corpus = Corpus(settings["data"])
@@ -226,8 +229,8 @@ def set_up(args, stack, group, device, command):
     check_corpus_fits(settings, corpus, device, group)
     if loaded is not None:  # the weights must fit the configuration before a Trainer is built
         checkpoint.build(source, loaded)
-    trainer = Trainer(settings, corpus, device, weights=loaded["model"] if args.finetune else None,
-                      group=group, max_batches=args.max_batches)
+    trainer = Trainer(settings, corpus, device,
+                      weights=loaded["model"] if args.finetune else None, group=group)
     if settings["precision"] == "bf16":
         check_bf16(device, trainer.model, trainer.train_data.size(1))
     if args.resume:
@@ -335,8 +338,10 @@ def start_the_clock(trainer, started):
         now = time.time()
         if left <= 0 and reserve is None:  # a resumed run whose training time is over
             trainer.progress.agree(1.0, late=True)
+            rest = ("validates the epoch it was in, saves it and tests the best model"
+                    if trainer.position is not None else "tests the best model")
             print(f"budget {s['budget_minutes']:g} min: its training time is over; the run "
-                  "validates, saves and tests what it trained")
+                  f"{rest}")
             return
         if left <= 0:
             needed = (clock.budget_s - left) / 60
@@ -360,23 +365,14 @@ def start_the_clock(trainer, started):
 
 
 def test_best_model(trainer, device):
-    """Test loss of the best model this run saved (None if it saved none), at the test batch
-    size (1 in the paper). Under torchrun the main process reads the file and sends the
-    weights to the others (which may not see its disk), and each tests its columns."""
+    """Test loss of the best model this run saved (None if there is none to test), at the
+    test batch size (1 in the paper). Under torchrun the main process reads the file and
+    sends the weights to the others (which may not see its disk), and each tests its
+    columns."""
     path, group = trainer.files.model, trainer.group
-    saved = None
-    if group.main and os.path.exists(path):
-        saved = checkpoint.load(path, kind="model")
-        if saved["valid_loss"] != trainer.best_valid_loss:  # an older run's
-            saved = None
-    saved = group.broadcast(saved)
+    saved, why_not = group.broadcast(best_model_on_disk(trainer) if group.main else None)
     if saved is None:
-        if trainer.s["finetune"] and trainer.epoch:
-            print(f"fine-tuning never improved on the validation perplexity of "
-                  f"{trainer.s['finetune']} ({ppl(trainer.best_valid_loss):.2f}); "
-                  f"{path} was not written")
-        else:
-            print("no epoch has finished yet, so there is no best model to test")
+        print(why_not)
         return None
     s = trainer.s
     model = checkpoint.build(path, saved).to(device)
@@ -385,6 +381,34 @@ def test_best_model(trainer, device):
     print(f"best model ({path}, epoch {saved['epoch']}): valid ppl {saved['valid_ppl']:.2f} "
           f"| test ppl {ppl(test_loss):.2f} (batch size {s['test_batch_size']})")
     return test_loss
+
+
+def best_model_on_disk(trainer):
+    """(the run's best model as its file holds it now, None) or (None, why there is none
+    to test), read from the disk at this moment: a user may have removed, replaced or cut
+    short the file while the run went on."""
+    path, rows = trainer.files.model, trainer.metrics
+    written = [row["epoch"] for row in rows if row.get("saved") == "yes"]
+    if not written:  # (a file there now is an earlier run's, or a user's)
+        earlier = f" ({path} on disk is not this run's)" if os.path.exists(path) else ""
+        if trainer.s["finetune"] and trainer.epoch:
+            return None, (f"fine-tuning never improved on the validation perplexity of "
+                          f"{trainer.s['finetune']} ({ppl(trainer.best_valid_loss):.2f}); "
+                          f"it wrote no model{earlier}")
+        return None, f"no epoch has finished yet, so there is no best model to test{earlier}"
+    if not os.path.exists(path):
+        return None, (f"the best model {path} (written after epoch {written[-1]}) is no "
+                      "longer on disk: there is nothing to test")
+    try:
+        saved = checkpoint.load(path, kind="model")
+    except CheckpointError as e:
+        return None, f"the best model cannot be tested: {e}"
+    if saved["valid_loss"] != trainer.best_valid_loss:
+        return None, (f"{path} is not this run's best model (its validation perplexity "
+                      f"{saved['valid_ppl']:.2f}, this run's best "
+                      f"{ppl(trainer.best_valid_loss):.2f}): it was replaced since epoch "
+                      f"{written[-1]} wrote it; not testing it")
+    return saved, None
 
 
 def summarize(trainer, test_loss, stopped, test_interrupted=False):
@@ -410,31 +434,50 @@ def main(argv=None):
     # Under torchrun every process runs this; the main one (rank 0) speaks for all, and
     # the others' output goes nowhere, except for errors that are theirs alone.
     rank = distributed.environment_rank()
-    where = f" (process {rank})" if "WORLD_SIZE" in os.environ else ""
+    ending = None  # what sys.exit is given, once the run has ended early
     try:
         with contextlib.ExitStack() as stack:  # what the run opens closes on any exit
             stack.enter_context(signals.signals_as_ctrl_c())
             stack.enter_context(signals.output_that_outlives_its_reader())
             stack.enter_context(distributed.only_main_prints())
-            args = parse_args(argv)
-            group, device = stack.enter_context(distributed.start(args.device,
-                                                                  args.sync_timeout))
-            keep_freed_memory(device)  # (on the CPU: large tensors without page faults)
-            train(args, stack, group, device, argv)
-    except (CorpusError, CheckpointError, SettingsError, TrainingError) as e:
-        sys.exit(f"error: {e}" if rank == 0 else 1)  # every process has it: said once
-    except SystemExit as e:  # a flag error (on every process) or --help
-        sys.exit(1 if rank != 0 and isinstance(e.code, str) else e.code)
-    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
-        if not out_of_memory(e):
+            try:
+                args = parse_args(argv)
+                group, device = stack.enter_context(distributed.start(args.device,
+                                                                      args.sync_timeout))
+                keep_freed_memory(device)  # (on the CPU: large tensors without page faults)
+                train(args, stack, group, device, argv)
+            except BaseException as error:
+                # From here no stop signal cuts the run's last words short: under torchrun,
+                # torchrun sends SIGTERM to every process once one of them is lost, at a
+                # moment no process can foresee (the outermost block puts them back).
+                signals.ignore_stops()
+                ending = how_it_ended(error, rank)
+                raise
+    except BaseException:
+        if ending is None:
             raise
-        sys.exit(f"error{where}: out of memory ({checkpoint.one_line(e)[:120]}); lower "
-                 "--batch_size or --bptt (or --eval-batch-size); files already saved are "
-                 "intact")
-    except KeyboardInterrupt:  # a second stop, or one outside the loop (the final test)
+        sys.exit(ending)
+
+
+def how_it_ended(error, rank):
+    """What sys.exit is given when a run ends early with `error`: the line that says why
+    (exit status 1), or a status; None for an error this code does not explain (its
+    traceback follows). An error that every process of a torchrun run has is said by the
+    main process alone."""
+    where = f" (process {rank})" if "WORLD_SIZE" in os.environ else ""
+    if isinstance(error, (CorpusError, CheckpointError, SettingsError, TrainingError)):
+        return f"error: {error}" if rank == 0 else 1
+    if isinstance(error, SystemExit):  # a flag error (on every process) or --help
+        return 1 if rank != 0 and isinstance(error.code, str) else error.code
+    if isinstance(error, (MemoryError, RuntimeError)) and out_of_memory(error):
+        # (torch.OutOfMemoryError is a RuntimeError; each process says its own)
+        return (f"error{where}: out of memory ({checkpoint.one_line(error)[:120]}); lower "
+                "--batch_size or --bptt (or --eval-batch-size); files already saved are intact")
+    if isinstance(error, KeyboardInterrupt):  # a second stop, or one outside the loop
         print(f"\naborted{where}; checkpoints on disk are intact (every write is atomic)",
               file=sys.stderr)
-        sys.exit(130)
+        return 130
+    return None
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ class Trainer:
     settings dict, which the Trainer reads and never writes; under torchrun, `group` is
     the processes that share the run."""
 
-    def __init__(self, settings, corpus, device, weights=None, group=SINGLE, max_batches=None):
+    def __init__(self, settings, corpus, device, weights=None, group=SINGLE):
         self.s = s = settings
         self.corpus, self.device, self.group = corpus, device, group
         self.files = RunFiles(s["save"])
@@ -162,8 +162,9 @@ class Trainer:
         # (steps, batch) or, under torchrun, this process's columns of it
         self.train_data = batchify(corpus.train, s["batch_size"])[
             :, group.columns(s["batch_size"])].contiguous().to(device)
-        self.max_batches = max_batches  # --max-batches: a cap on each epoch's batches
-        self.progress = Progress(s["epochs"], self.train_data.size(0) - MIN_WINDOW, max_batches,
+        self.max_batches = s["max_batches"]  # a cap on each epoch's batches, or None
+        self.progress = Progress(s["epochs"], self.train_data.size(0) - MIN_WINDOW,
+                                 self.max_batches,
                                  budget_s=s["budget_minutes"] and 60 * s["budget_minutes"])
         self.averaged = RunningAverage(self.model) if s["finetune"] else None
         self.epoch = 0  # epochs completed

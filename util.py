@@ -136,15 +136,17 @@ def progress_bar(iterable=None, desc=None, **kwargs):
 
 
 def tensor_bytes(value, counted=None):
-    """The bytes of the tensors in `value` (nested dicts and lists), each storage counted
-    once, as torch.save writes it (a tied embedding and decoder are one matrix)."""
+    """The bytes of the tensors in `value` (nested dicts and lists) as torch.save writes
+    them: each storage once, and whole. A tied embedding and decoder are one matrix; the
+    weights of an LSTM layer packed for cuDNN are views of one block (lstm_layer.py), all
+    of which is written."""
     counted = set() if counted is None else counted
     if isinstance(value, torch.Tensor):
-        storage = value.untyped_storage().data_ptr()
-        if storage in counted:
+        storage = value.untyped_storage()
+        if storage.data_ptr() in counted:
             return 0
-        counted.add(storage)
-        return value.numel() * value.element_size()
+        counted.add(storage.data_ptr())
+        return storage.nbytes()
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (list, tuple)):

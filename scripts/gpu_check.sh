@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # scripts/gpu_check.sh: the evidence for this repository's CUDA path, in one capped run.
 #
-#   bash scripts/gpu_check.sh OUT            # on one GPU: at most 9 minutes in all
+#   COMMIT=$(git rev-parse HEAD) bash scripts/gpu_check.sh OUT   # one GPU: at most 6 minutes
+#   bash scripts/gpu_check.sh --long OUT     # the same with a longer budget run: 9 minutes
 #   bash scripts/gpu_check.sh --smoke OUT    # the same steps on the CPU at tiny shapes
 #
+# Only OUT comes back from a lent machine. The 6 minutes leave room, in 15 minutes of a
+# machine whose start takes 1 to 3, to run the check a second time. The commit is git's
+# where the copy has .git, else $COMMIT (give it as above); the sha256 of the sources is
+# recorded either way (gpu_report.py sources prints it here, to compare).
+#
 # Each step runs under its own time cap, sized from its estimated cost with a margin
-# (docs/gpu-check.md has the table), none past the 9 minutes; a failing step does not stop
+# (docs/gpu-check.md has the table), none past the whole's; a failing step does not stop
 # the next, and every step prints its figures as they come, so that one cut short still
 # says what it measured. The budget run gets the time the other steps leave. OUT receives
 # at most 8 files (scripts/gpu_report.py writes the summary):
@@ -23,13 +29,16 @@
 # the others); then evaluate.py with the cache and with dynamic evaluation on a bounded
 # slice of the test split, generate.py, and the learning curve.
 #
-# Python is ${PYTHON:-python3}: the GPU image has python3 and no `python`.
+# Python is ${PYTHON:-python3}: GPU machines often have python3 and no `python`.
 cd "$(dirname "$0")/.."
 
-smoke=false
-if [ "${1:-}" = "--smoke" ]; then smoke=true; shift; fi
+smoke=false long=false
+while [ "${1:-}" = "--smoke" ] || [ "${1:-}" = "--long" ]; do
+    if [ "$1" = "--smoke" ]; then smoke=true; else long=true; fi
+    shift
+done
 if [ $# -ne 1 ]; then
-    echo "usage: bash scripts/gpu_check.sh [--smoke] OUT_DIRECTORY" >&2
+    echo "usage: bash scripts/gpu_check.sh [--smoke] [--long] OUT_DIRECTORY" >&2
     exit 2
 fi
 PYTHON=${PYTHON:-python3}
@@ -43,11 +52,14 @@ logs="$work/logs"
 mkdir -p "$logs"
 trap 'rm -rf "$work"' EXIT
 started=$(date +%s)
-deadline=$((started + 540))  # 9 minutes
+if $long; then total_s=540; else total_s=360; fi  # 9 or 6 minutes
+deadline=$((started + total_s))
 export PYTHONUNBUFFERED=1
+commit=$(git rev-parse HEAD 2>/dev/null || echo "${COMMIT:-unknown: no .git here and no COMMIT given}")
 {
-    echo "command: $0 $* (smoke: $smoke; python: $(command -v "$PYTHON"))"
-    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); commit: $(git rev-parse HEAD 2>/dev/null)"
+    echo "command: $0 (smoke: $smoke; long: $long; python: $(command -v "$PYTHON"))"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); commit: $commit"
+    echo "sources: $("$PYTHON" scripts/gpu_report.py sources)"
 } >"$logs/command.txt"
 
 # step NAME CAP COMMAND...: run COMMAND into $logs/NAME.log under min(CAP, time left);
@@ -95,7 +107,7 @@ EOF
     bench=(--configs abcde "${shapes[@]}" --steps 3 --warmup 1 --repeats 1 --cutoffs 2000
            --peak-n 256)
     recipe=(--emsize 16 --nhid 24 --batch_size 4 --bptt 10)
-    recipe_most_s=6  # the smoke's budget run: 0.1 minutes
+    recipe_most_s=9  # the smoke's budget run: 0.15 minutes
     tests=(tests/test_cuda.py tests/test_util.py)  # (the cuda ones skip on the CPU)
     cache_slice=(--max-tokens 300)
     dynamic_slice=(--max-tokens 300 --dyn-stat-batches 2)
@@ -103,16 +115,16 @@ else
     device=cuda
     precisions="fp32 torch tf32 bf16"
     data=()
-    precision_steps=(--configs a --full --steps 100 --warmup 5 --repeats 1)
-    bench=(--steps 30 --warmup 3 --repeats 1)
+    precision_steps=(--configs a --full --steps 60 --warmup 5 --repeats 1)
+    bench=(--steps 20 --warmup 3 --repeats 1)
     recipe=()
     recipe_most_s=600
     tests=(-m cuda)
     cache_slice=(--max-tokens 50000)
-    dynamic_slice=(--max-tokens 20000 --dyn-stat-batches 100)
+    dynamic_slice=(--max-tokens 10000 --dyn-stat-batches 100)
 fi
-cap_env=20 cap_precision=35 cap_bench=60 cap_cache=30 cap_dynamic=50 cap_generate=20
-cap_plot=15 finishing=10  # (the summary and the archive)
+cap_env=15 cap_precision=25 cap_bench=45 cap_cache=30 cap_dynamic=30 cap_generate=15
+cap_plot=10 finishing=10  # (the summary and the archive)
 
 step env "$cap_env" bash -c "nvidia-smi || echo 'nvidia-smi: none'; \"$PYTHON\" -c '
 import platform, torch

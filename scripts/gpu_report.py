@@ -2,6 +2,7 @@
 
     python3 scripts/gpu_report.py choose LOGS          # the precision for the budget run
     python3 scripts/gpu_report.py summary LOGS CSV     # summary.txt, on standard output
+    python3 scripts/gpu_report.py sources              # the sha256 of the code, here
 
 `choose` prints the fastest --precision whose full-size steps trained like fp32's (finite,
 train perplexity within TRAINS_LIKE of fp32's, no cuDNN re-packs), "torch" when none did.
@@ -13,6 +14,8 @@ does.
 """
 
 import csv
+import glob
+import hashlib
 import os
 import re
 import sys
@@ -20,11 +23,15 @@ import xml.etree.ElementTree as ET
 
 TRAINS_LIKE = 0.10  # at most this far, relative, from fp32's mean train perplexity
 # bench.py's line for a finished timing, and for a partial one
-RESULT = re.compile(r"^\((?P<label>[a-f])\) \d+/\d+: (?P<ms>[\d.]+) ms/step, "
+RESULT = re.compile(r"^\((?P<label>[a-z])\) \d+/\d+: (?P<ms>[\d.]+) ms/step, "
                     r"(?P<tokens>[\d,]+) tokens/s, train ppl (?P<ppl>[\d,.]+|inf|nan), LSTMs "
                     r"in (?P<dtype>\w+) on (?P<kernels>[\w+]+) kernels, (?P<repacks>\d+) "
                     r"re-packs$")
-PARTIAL = re.compile(r"^\([a-f]\) \d+/\d+, after \d+ of \d+ timed steps: ")
+PARTIAL = re.compile(r"^\([a-z]\) \d+/\d+, after \d+ of \d+ timed steps: ")
+# bench.py's table: the peaks, the header, a row per configuration (and precision), the
+# ratios, the shapes
+TABLE = re.compile(r"^(peak|configuration |\([a-z]\) (?!\d+/\d+)|[a-z]/[a-z] |[a-z]: \w+/\w+ "
+                   r"|shapes |\([a-z]\), )")
 
 
 def read(logs, name):
@@ -100,7 +107,7 @@ def figures(logs, name, curve_csv):
         return [line for line in lines if line.startswith(("python ", "GPU ", "driver "))]
     if name.startswith("precision-") or name == "bench":
         done = [line for line in lines if RESULT.match(line)]
-        table = [line for line in lines if re.match(r"\([a-f]\) .* MiB$|[a-f]/[a-f] ", line)]
+        table = [line for line in lines if TABLE.match(line)]
         partial = [line for line in lines if PARTIAL.match(line)][-1:]
         return (done if name != "bench" else table or done) or partial
     if name == "recipe":
@@ -148,10 +155,25 @@ def summary(logs, curve_csv):
     return "\n".join(lines) + "\n"
 
 
+def sources(root="."):
+    """sha256 of the repository's code (its .py files, scripts/ and requirements*.txt, by
+    name and content, in a fixed order): which code ran, where the copy has no .git."""
+    digest = hashlib.sha256()
+    names = sorted(name for pattern in ("*.py", "scripts/*", "tests/*.py", "requirements*.txt")
+                   for name in glob.glob(os.path.join(root, pattern)))
+    for name in names:
+        digest.update(os.path.relpath(name, root).encode() + b"\0")
+        with open(name, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["choose"] and len(sys.argv) == 3:
         print(choose(sys.argv[2]))
     elif sys.argv[1:2] == ["summary"] and len(sys.argv) == 4:
         sys.stdout.write(summary(sys.argv[2], sys.argv[3]))
+    elif sys.argv[1:] == ["sources"]:
+        print(sources())
     else:
-        sys.exit("usage: gpu_report.py choose LOGS | summary LOGS RECIPE_CSV")
+        sys.exit("usage: gpu_report.py choose LOGS | summary LOGS RECIPE_CSV | sources")

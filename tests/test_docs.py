@@ -34,6 +34,7 @@ NOT_RUN = {
     "python -m pytest": "the test suite itself",
     "HOST:": "names a second machine",
     "scripts/gpu_check.sh results/": "needs a GPU",
+    "scripts/gpu_check.sh --long": "needs a GPU",
     "scripts/gpu_check.sh --smoke": "tests/test_gpu_check.py runs this very command",
 }
 
@@ -213,3 +214,26 @@ def test_every_figure_of_the_readmes_results_table_is_in_the_evidence_it_cites()
             assert figure in evidence, f"{figure} is not in {cited.group(1)}"
             checked += 1
     assert checked >= 7
+
+
+def test_every_evidence_file_the_docs_cite_exists_and_its_folder_names_it():
+    """A path under results/ in README.md or docs/ exists, and results/README.md's index
+    names it: a folder by its row, a file in its folder's row (or, at the top, anywhere)."""
+    index = open(os.path.join(REPO, "results", "README.md"), encoding="utf-8").read()
+    rows = {re.match(r"\| `([^`/]+)/`", line).group(1): line
+            for line in index.splitlines() if re.match(r"\| `[^`/]+/`", line)}
+    cited = set()
+    for page in PAGES:
+        text = open(os.path.join(REPO, page), encoding="utf-8").read()
+        cited |= set(re.findall(r"results/([\w.-]+(?:/[\w.-]+)*/?)", text))
+    cited -= {"gpu-h200-DATE"}  # (scripts/gpu_check.sh's output, named by its command)
+    assert len(cited) >= 20
+    for path in sorted(cited):
+        assert os.path.exists(os.path.join(REPO, "results", path)), path
+        folder, _, rest = path.partition("/")
+        if not rest:
+            assert f"`{path}`" in index or (folder in rows), path
+        else:
+            assert folder in rows, f"results/README.md has no row for {folder}/"
+            if rest.strip("/"):
+                assert rest.strip("/").split("/")[0] in rows[folder], path

@@ -5,6 +5,8 @@ run's precision and reads steps that a time cap cut short."""
 
 import importlib.util
 import os
+import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -23,9 +25,13 @@ spec.loader.exec_module(gpu_report)
 
 def only_python3(bin_dir):
     """A PATH on which `python3` is this interpreter and `python` does not run (a stub that
-    fails as a missing command does), the system's tools behind them."""
+    fails as a missing command does), the system's tools behind them. `python3` is a script
+    that runs this interpreter by its own path: a link to it would start outside a virtual
+    environment (Python finds pyvenv.cfg beside the path it was started by)."""
     bin_dir.mkdir()
-    (bin_dir / "python3").symlink_to(sys.executable)
+    python3 = bin_dir / "python3"
+    python3.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    python3.chmod(python3.stat().st_mode | stat.S_IEXEC)
     stub = bin_dir / "python"
     stub.write_text("#!/bin/sh\necho 'python: command not found' >&2\nexit 127\n")
     stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
@@ -35,6 +41,7 @@ def only_python3(bin_dir):
 def test_the_smoke_run_passes_every_step_with_python3_alone_and_returns_8_files(tmp_path):
     env = dict(os.environ, PATH=only_python3(tmp_path / "bin"))
     env.pop("PYTHON", None)
+    env.update(GIT_DIR=str(tmp_path / "no-git"), COMMIT="0123abc")  # a copy without .git
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", "gpu_check.sh"), "--smoke",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=400,
                           env=env)
@@ -48,6 +55,11 @@ def test_the_smoke_run_passes_every_step_with_python3_alone_and_returns_8_files(
     precision = (tmp_path / "out" / "precision.txt").read_text()
     assert "LSTMs in bfloat16 on" in precision and "LSTMs in float32 on onednn" in precision
     assert "budget run: --precision " in summary and "schedule 1cycle: " in summary
+    # every row and ratio of bench.py's table, the peak with them
+    table = [line for line in (tmp_path / "out" / "bench.txt").read_text().splitlines()
+             if re.match(r"\([a-z]\) [A-Za-z(-]|[a-z]/[a-z] |peak: ", line)]
+    assert len(table) >= 8 and all(f"    {line}\n" in summary for line in table), table
+    assert f"sources: {gpu_report.sources(REPO)}" in summary and "commit: 0123abc" in summary
     assert "test ppl" in summary and "epoch   1 |" in summary  # the test, the curve
     assert "cache (W 3785" in summary and "dynamic (lr " in summary
     assert " passed, 0 failed, " in summary  # the tests' outcomes

@@ -85,6 +85,10 @@ def test_weights_in_one_block_sit_at_the_layouts_offsets_and_pass_gradients():
     for view, weight, offset in zip(views, weights, offsets):
         assert view.storage_offset() == offset and torch.equal(view, weight)
     assert block[24:26].eq(0).all() and block[50:].eq(0).all()
+    # one split of the buffer, whose backward writes one buffer-sized gradient (a slice per
+    # weight would write one each)
+    splits = {view.grad_fn.next_functions[0][0] for view in views}
+    assert len(splits) == 1 and "Split" in type(splits.pop()).__name__
     sum(v.sum() for v in views).backward()
     assert all(torch.equal(w.grad, torch.ones_like(w)) for w in weights)
     assert in_one_block(weights, None) is weights  # no layout: unchanged

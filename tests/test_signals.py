@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from signals import OutlivesItsReader, StopRequest, signals_as_ctrl_c, signals_ignored
+from signals import OutlivesItsReader, StopRequest, ignore_stops, signals_as_ctrl_c
 
 
 def test_sigterm_and_ctrl_c_say_what_a_second_one_does(capsys):
@@ -29,9 +29,21 @@ def test_outside_the_loop_sigterm_is_ctrl_c_and_the_handlers_come_back():
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested  # a request, not an exception
-        with signals_ignored():
-            os.kill(os.getpid(), signal.SIGTERM)  # (a failed run's last words: not cut short)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_failed_run_ignores_stops_until_the_outermost_block_puts_them_back():
+    """A failed run's last words are not cut short: from ignore_stops on (once the epoch
+    loop's block has ended, as train.py calls it) until signals_as_ctrl_c, train.main's
+    outermost block, ends."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    with signals_as_ctrl_c():
+        with StopRequest():
+            pass
+        ignore_stops()
+        for s in before:
+            os.kill(os.getpid(), s)  # ignored
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_output_reaches_its_reader_and_goes_nowhere_once_a_write_finds_it_gone():

@@ -127,6 +127,43 @@ def test_sigterm_stops_saves_and_resumes_exactly(tmp_path, tiny, make_corpus):
                         final_state(tmp_path / "stopped.state.pt")[0])
 
 
+def test_kills_at_random_moments_each_resumed_bare_end_as_a_run_never_killed(tmp_path, tiny,
+                                                                            make_corpus):
+    """SIGKILL (no handler runs: as a power cut or the out-of-memory killer) three times at
+    random moments, each followed by `train.py --resume STATE` and nothing more: the state
+    holds every option that changes what is computed (--max-batches, --epochs, the model's
+    and the training's), so the run ends bit for bit as one never killed, whatever the
+    moments were."""
+    rng = np.random.default_rng(2)
+    text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 50, 10)) + "\n" for _ in range(1500))
+    data = make_corpus(text, text[:2000], text[:2000])
+    common = tiny["awd"] + ["--data", data, "--epochs", "3", "--max-batches", "60",
+                            "--nonmono", "1", "--save-every", "0.002"]  # (a state each 0.1 s)
+    run(common + ["--save", tmp_path / "straight.pt"])
+    state = tmp_path / "killed.state.pt"
+
+    def written():
+        return state.stat().st_mtime_ns if state.exists() else None
+
+    moments, proc = [], start(common + ["--save", tmp_path / "killed.pt"])
+    for _ in range(3):
+        before, deadline = written(), time.time() + 60
+        while written() == before and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)  # until this process trains (it has saved a state of its own)
+        moments.append(round(float(np.random.default_rng().uniform(0.0, 0.5)), 3))
+        time.sleep(moments[-1])
+        if proc.poll() is not None:  # it finished before this kill
+            break
+        proc.kill()
+        proc.communicate(timeout=60)
+        proc = start(["--resume", state])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (moments, err)
+    assert_same_weights(final_state(tmp_path / "straight.state.pt")[0],
+                        final_state(state)[0])
+    assert checkpoint.load(str(state), kind="state")["args"]["max_batches"] == 60
+
+
 def test_finetune_writes_a_new_file_and_stops_at_the_trigger(random_text, tmp_path, tiny):
     save = tmp_path / "awd.pt"
     run(tiny["awd"] + ["--data", random_text, "--epochs", "3", "--max-batches", "10",

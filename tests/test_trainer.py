@@ -16,10 +16,10 @@ from signals import StopRequest
 from trainer import EpochSums, Position, Trainer
 
 
-def tiny_trainer(corpus_path, tmp_path, max_batches=None, **changes):
+def tiny_trainer(corpus_path, tmp_path, **changes):
     settings = {**defaults("awd"), "emsize": 8, "nhid": 12, "batch_size": 4, "bptt": 10,
                 "finetune": None, "save": str(tmp_path / "m.pt"), **changes}
-    return Trainer(settings, Corpus(corpus_path), torch.device("cpu"), max_batches=max_batches)
+    return Trainer(settings, Corpus(corpus_path), torch.device("cpu"))
 
 
 def test_averaged_weights_are_the_mean_of_the_iterates(random_text, tmp_path):

@@ -1,13 +1,16 @@
-"""Tests of util.py: atomic writes, perplexity, the words of messages."""
+"""Tests of util.py: atomic writes, the bytes torch.save writes, perplexity, the words of
+messages."""
 
 import errno
+import io
 import math
 import os
 import re
 
 import pytest
+import torch
 
-from util import WriteFailed, duration, plural, ppl, write_atomically
+from util import WriteFailed, duration, plural, ppl, tensor_bytes, write_atomically
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -57,3 +60,16 @@ def test_plural_counts_in_words():
 
 def test_durations_read_as_hours_and_minutes_or_minutes_and_seconds():
     assert duration(3725) == "1h 02m" and duration(125) == "2m 05s"
+
+
+def test_the_bytes_of_tensors_are_those_torch_save_writes():
+    """Each storage once and whole: views of one block (an LSTM layer's weights packed for
+    cuDNN), a tied matrix, a tensor of its own."""
+    block = torch.zeros(4 * 100)
+    layer = {f"w{i}": block[100 * i:100 * (i + 1)].view(10, 10) for i in range(4)}
+    tied = torch.ones(7, 3)
+    state = dict(layer, encoder=tied, decoder=tied, bias=torch.zeros(5, dtype=torch.float64))
+    assert tensor_bytes(state) == 4 * 400 + 4 * 21 + 8 * 5
+    written = io.BytesIO()
+    torch.save(state, written)
+    assert 0 < len(written.getvalue()) - tensor_bytes(state) < 4096  # (and the zip records)
