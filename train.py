@@ -313,9 +313,10 @@ def announce(trainer, args, device):
           f"{batch}model: {s['model']}, {n_params:,} parameters | vocabulary "
           f"{len(corpus.dictionary):,} | train {len(corpus.train):,} tokens")
     if device.type == "cpu" and n_params > 10_000_000 and not s["budget_minutes"]:
-        print(f"note: on a CPU a model this size trains slowly (the paper's AWD-LSTM: about "
-              f"1,000 tokens/s on 2 cores, 35 minutes an epoch), and {s['epochs']} epochs "
-              f"take a long time; training anyway (Ctrl-C stops it, saving the state).\n"
+        print(f"note: on a CPU a model this size trains slowly (an epoch of the paper's "
+              f"AWD-LSTM took 40 minutes on 2 cores of an Intel Xeon: docs/speed.md), and "
+              f"{s['epochs']} epochs take a long time; training anyway (Ctrl-C stops it, "
+              f"saving the state).\n"
               f"  A model worth sampling in 30 minutes of a CPU: {FIRST_RUN}")
     if args.resume:
         where = (f"in epoch {trainer.epoch + 1}, after its batch {trainer.position.batches}"
