@@ -129,7 +129,7 @@ def bf16_matmul_speedup(device, n=1024):
     """How many times as fast `device` multiplies n x n bfloat16 matrices as float32 ones,
     on the threads it trains with (the best of three timings each, about 0.2 s in all).
     Above 1 where bfloat16 instructions pay; on this repository's 2-core Intel Xeon, with
-    AVX-512 BF16 but no AMX, 0.58 (results/bench-cpu/bf16-xeon.txt)."""
+    AVX-512 BF16 but no AMX, 0.61 (results/bench-cpu/bf16-xeon.txt)."""
     rates = []
     for dtype in (torch.float32, torch.bfloat16):
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))

@@ -144,7 +144,8 @@ def main(argv=None):
             write_atomically(args.outf, text + "\n")
         except WriteFailed as e:
             sys.exit(f"error: --outf: {e}")
-        print(f"wrote {args.words} sampled words to {args.outf}", file=sys.stderr)
+        print(f"wrote the prompt and {args.words} sampled tokens to {args.outf}",
+              file=sys.stderr)
     else:
         print(text)
 

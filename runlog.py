@@ -192,19 +192,19 @@ class RunLog:
 
     def epoch_ended(self, row, training_left_s=None):
         """Print the summary line of the epoch that `row` (a metrics row) describes, with
-        what is left of the run: under a budget the training time its clock leaves
-        (`training_left_s`), else the epochs and the expected time to finish them; log its
-        scalars."""
+        what is left of the run: the epochs left and the expected time to finish them, or,
+        under a budget whose clock (`training_left_s`) ends training before those would,
+        the training time left; log its scalars."""
         self.epochs_here += 1
         left = self.settings["epochs"] - row["epoch"]
         finish = ""
+        eta = (time.time() - self.started) / self.epochs_here * max(left, 0)
         if row["out_of_time"] or left <= 0:
             pass
-        elif training_left_s is not None:
+        elif training_left_s is not None and training_left_s <= eta:  # the budget ends first
             finish = f" | training ends in ~{duration(training_left_s)}"
         else:
-            eta = (time.time() - self.started) / self.epochs_here * left
-            limit = "at most " if self.settings.get("finetune") else ""
+            limit = "at most " if self.settings.get("finetune") or training_left_s else ""
             finish = f" | {limit}{left} more, ~{duration(eta)}"
         tqdm.write(f"epoch {row['epoch']:4d} | {row['seconds']:8.1f} s | "
                    f"{row['tokens_per_s']:8,} tok/s | train ppl {row['train_ppl']:9.2f} "

@@ -164,10 +164,14 @@ def test_out_of_memory(trainer, args, error):
         lower = (", or test at batch 1: " + resume_command(
             others, trainer.files.state, distributed.launch_command(group))
             + " --test-batch-size 1")
+    kept = trainer.files.on_disk(model, trainer.files.state)
+    if model not in kept:  # (removed meanwhile: nothing left to test)
+        return (f"out of memory in the final test ({checkpoint.one_line(error)[:120]}) at "
+                f"--test-batch-size {s['test_batch_size']}, and {model} is no longer on disk")
     return (f"out of memory in the final test ({checkpoint.one_line(error)[:120]}) at "
-            f"--test-batch-size {s['test_batch_size']}; the model and the state are saved: "
-            f"test it with python evaluate.py --checkpoint {model} --bptt "
-            f"{max(s['bptt'] // 2, 2)}{lower}")
+            f"--test-batch-size {s['test_batch_size']}; {listing(kept)} on disk: test the "
+            f"model with python evaluate.py --checkpoint {model} --bptt "
+            f"{max(s['bptt'] // 2, 2)}{lower if trainer.files.state in kept else ''}")
 
 
 def what_is_left(trainer, args):
@@ -356,10 +360,11 @@ def start_the_clock(trainer, started):
         kept = (describe_reserve(reserve) if reserve else
                 f"{clock.reserve_s:.1f} s (measured when the run started)")
         averaging = trainer.schedule.average_from
+        averaging = ("" if averaging is None else ", averaging the weights" if
+                     trainer.averaged is not None else f", averaging from {averaging:.0%} of it")
         print(f"budget {s['budget_minutes']:g} min: keeps {kept} for the end; trains for "
-              f"{duration(left)}, until {until}"
-              + (f", averaging from {averaging:.0%} of that" if averaging is not None else "")
-              + f"; the run ends by {end}")
+              f"{duration(left)}, until {until} (or to the end of epoch {s['epochs']}, "
+              f"--epochs, should that come first){averaging}; the run ends by about {end}")
     line = trainer.schedule.describe()
     if line:
         print(line)

@@ -61,10 +61,10 @@ def test_a_cpu_without_bfloat16_refuses_bf16_in_one_line_and_auto_trains_float32
     assert checkpoint.load(str(tmp_path / "a.state.pt"))["args"]["precision"] == "torch"
 
 
-@pytest.mark.parametrize("speedup, chosen", [(1.6, "bf16"), (0.58, "torch")])
+@pytest.mark.parametrize("speedup, chosen", [(1.6, "bf16"), (0.61, "torch")])
 def test_auto_takes_bf16_only_where_the_cpus_bfloat16_matmuls_pay(monkeypatch, speedup, chosen):
     """An AMD EPYC with AVX-512 BF16 multiplies faster in bfloat16; this repository's Intel
-    Xeon, with the same instructions and no AMX, at 0.58 times float32's rate."""
+    Xeon, with the same instructions and no AMX, at 0.61 times float32's rate."""
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(devices, "bf16_matmul_speedup", lambda device: speedup)
     precision, why = devices.resolve_precision("auto", torch.device("cpu"))

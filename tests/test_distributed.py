@@ -353,9 +353,10 @@ def kill_tree(launcher):
 
 
 
-def restarted_run(argv, restart_s=20, total_s=120):
+def restarted_run(argv, state, restart_s=20, total_s=120):
     """train.py under torchrun --max-restarts 3 (c10d rendezvous on a free port), as
-    docs/torchrun.md gives it, with process 1 killed once the first epoch has ended: the
+    docs/torchrun.md gives it, with process 1 killed once the first epoch has ended and its
+    state (`state`, which every process takes part in writing) is written: the
     completed process (its returncode None if it ran past `total_s`), or None when the
     processes started again did not reach train.py within `restart_s`: torch's rendezvous
     after a restart can hang in gloo's connectFullMesh, with train.py or without
@@ -388,7 +389,8 @@ def restarted_run(argv, restart_s=20, total_s=120):
             out.append(line)
             restarted |= line.startswith("torchrun restart")
             if line.startswith("epoch    1 |") and killed is None:
-                time.sleep(0.3)
+                while not os.path.exists(state):  # (then process 0 trains epoch 2)
+                    time.sleep(0.01)
                 os.kill(worker_of_rank(launcher.pid, 1), signal.SIGKILL)
                 killed = time.time()
         err.seek(0)
@@ -401,13 +403,18 @@ def restarted_run(argv, restart_s=20, total_s=120):
 def test_a_lost_process_is_named_and_torchrun_restarts_continue_the_run(tmp_path, make_corpus,
                                                                          tiny):
     """Process 1 SIGKILLed in epoch 2: process 0 says so in one line, with the state to
-    resume from; torchrun --max-restarts then starts both again, and they go on from the
-    run's latest state as --resume would (whose exactness under torchrun the tests above
-    show). A hang of torch's own rendezvous after the restart is retried."""
+    resume from, whether its next collective fails first or torchrun's SIGTERM reaches it
+    first (a stop request, which the next collective's failure overtakes), and however long
+    its cleanup takes (no signal cuts a failed run's message short); torchrun
+    --max-restarts then starts both again, and they go on from the run's latest state as
+    --resume would (whose exactness under torchrun the tests above show). A hang of
+    torch's own rendezvous after the restart is retried."""
     data = random_corpus(make_corpus, 1000, seed=3)
     common = tiny["awd"] + SYNC_OFTEN + ["--data", data, "--epochs", "3", "--max-batches", "60"]
     for attempt in range(3):
-        done = restarted_run(common + ["--save", tmp_path / "m.pt", "--overwrite"])
+        (tmp_path / "m.state.pt").unlink(missing_ok=True)  # (an earlier attempt's)
+        done = restarted_run(common + ["--save", tmp_path / "m.pt", "--overwrite"],
+                             str(tmp_path / "m.state.pt"))
         if done is not None:
             break  # (else torch's own rendezvous hung: try again)
     assert done is not None, "torchrun's rendezvous after a restart hung on every try"

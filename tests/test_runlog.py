@@ -71,10 +71,14 @@ def test_the_epoch_line_names_the_switch_and_the_time_to_finish(tmp_path, capsys
     assert "switching to ASGD at epoch 7" in out
     RunLog(settings(tmp_path, epochs=7)).epoch_ended(row(7))
     assert "more" not in capsys.readouterr().out  # the last epoch: nothing left
-    # under a budget: the training time its clock leaves, whatever --epochs says
-    RunLog(settings(tmp_path, epochs=50)).epoch_ended(row(4), training_left_s=125.0)
-    out = capsys.readouterr().out
-    assert out.rstrip().endswith("| training ends in ~2m 05s") and "more" not in out
+    # under a budget (an epoch takes a minute here): the training time its clock leaves,
+    # or, when --epochs ends it first, the epochs left, at most
+    for left_s, end in ((125.0, "| training ends in ~2m 05s"),
+                        (36000.0, "| at most 46 more, ~46m 00s")):
+        log = RunLog(settings(tmp_path, epochs=50))
+        log.started -= 60.0
+        log.epoch_ended(row(4), training_left_s=left_s)
+        assert capsys.readouterr().out.rstrip().endswith(end)
 
 
 def test_the_epoch_line_reads_the_decisions_from_their_fields(tmp_path, capsys):

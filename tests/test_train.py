@@ -305,6 +305,74 @@ def test_finetuning_keeps_only_improvements_on_its_start(random_text, tmp_path, 
     assert state["best_valid_loss"] == start
 
 
+@pytest.mark.parametrize("change, said", [
+    ("remove", "is no longer on disk: there is nothing to test"),
+    ("truncate", "the best model cannot be tested: "),
+    ("replace", "is not this run's best model"),
+])
+def test_what_the_final_test_says_of_the_best_model_is_read_from_the_disk(
+        random_text, tmp_path, capsys, monkeypatch, tiny, change, said):
+    """The best model removed, cut short or replaced by another run's while the run went
+    on: the last lines say what is on disk now, not what the run wrote."""
+    other = tmp_path / "other.pt"
+    run(tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
+                       "--seed", "9", "--save", other])
+    model = tmp_path / "m.pt"
+    original = train.say_why_it_ended
+
+    def then_changed(*args):
+        if change == "remove":
+            model.unlink()
+        elif change == "truncate":
+            model.write_bytes(model.read_bytes()[:1000])
+        else:
+            model.write_bytes(other.read_bytes())
+        return original(*args)
+
+    monkeypatch.setattr(train, "say_why_it_ended", then_changed)
+    capsys.readouterr()
+    run(tiny["awd"] + ["--data", random_text, "--epochs", "2", "--max-batches", "3",
+                       "--save", model])
+    out = capsys.readouterr().out
+    assert said in out and "test ppl" not in out
+    summary = json.load(open(tmp_path / "m.json"))
+    assert summary["test_ppl"] is None and summary["model"] is None
+
+
+def test_a_resumed_budget_whose_time_is_over_says_what_it_will_do_and_does_it(
+        repeating, tmp_path, capsys, monkeypatch, tiny):
+    """Two states whose budget has no training time left: one saved within an epoch (the
+    epoch is validated, saved and the model tested) and one after the run ended (tested
+    only)."""
+    original = train.Trainer.train_epoch
+
+    def stop_in_epoch_two(self, stop, *args, **kwargs):
+        if self.epoch == 1:
+            stop.requested = True
+        return original(self, stop, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_two)
+    run(tiny["awd"] + ["--data", repeating, "--budget-minutes", "0.2", "--epochs", "100",
+                       "--save", tmp_path / "b.pt"])
+    monkeypatch.undo()
+    path = str(tmp_path / "b.state.pt")
+    state = checkpoint.load(path, kind="state")
+    state["progress"]["clock"]["used_s"] = 60 * 0.2  # (as if its time had passed)
+    del state["checksum"]
+    checkpoint.save(path, state)
+    capsys.readouterr()
+    run(["--resume", path])
+    out = capsys.readouterr().out
+    assert ("its training time is over; the run validates the epoch it was in, saves it and "
+            "tests the best model") in out
+    rows = runlog.read_metrics(tmp_path / "b.csv")
+    assert len(rows) == 2 and rows[-1]["out_of_time"] == "yes" and "test ppl" in out
+    run(["--resume", path])
+    out = capsys.readouterr().out
+    assert "its training time is over; the run tests the best model" in out
+    assert len(runlog.read_metrics(tmp_path / "b.csv")) == 2 and "test ppl" in out
+
+
 def test_an_early_stop_after_overwrite_does_not_report_the_older_run(
         random_text, tmp_path, capsys, monkeypatch, tiny):
     args = tiny["awd"] + ["--data", random_text, "--epochs", "1", "--max-batches", "3",
