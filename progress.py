@@ -11,8 +11,8 @@ the larger of the two counts, so that the run ends at whichever end it meets fir
 its first step the run measures, once, what it must keep for after training
 (measure_reserve): the final validation, the checkpoint writes, the test and a margin.
 
-    progress = Progress(epochs=40, rows=batches.size(0) - 2)
-    progress.at(epoch=3, row=700, batches=20)   # 0.0918...: p after that step
+    progress = Progress(epochs=40, rows=1000)    # rows: an epoch's, of the batchified split
+    progress.at(epoch=3, row=700, batches=20)   # 0.0925 = (3 + 700 / 1000) / 40
 """
 
 import os
@@ -69,7 +69,8 @@ class Clock:
         self.running_since = None
 
     def trained(self, now):
-        return self.trained_s + (now - self.running_since if self.running_since is not None else 0.0)
+        running = now - self.running_since if self.running_since is not None else 0.0
+        return self.trained_s + running
 
     def own_share(self, now):
         """This process's share of the training time passed, by its own clock."""

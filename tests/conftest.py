@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train
+import trainer
 
 # The tiny models most tests train: seconds on a CPU.
 TINY = {"awd": ["--model", "awd", "--emsize", "16", "--nhid", "24", "--batch_size", "4",
@@ -103,6 +104,24 @@ def trained(tmp_path_factory):
         paths[kind] = str(root / f"{kind}.pt")
         train.main(TINY[kind] + ["--data", data, "--epochs", "2", "--save", paths[kind]])
     return paths
+
+
+@pytest.fixture
+def stop_in_epoch(monkeypatch):
+    """stop_in_epoch(n): until the test's monkeypatch.undo(), every run asks to stop as its
+    epoch n (1 for the first) begins, as Ctrl-C would: that epoch trains one batch more,
+    then the run saves its state (the position within the epoch) and ends."""
+    original = trainer.Trainer.train_epoch
+
+    def stop_in(n):
+        def train_epoch(self, stop, *args, **kwargs):
+            if self.epoch + 1 == n:
+                stop.requested = True
+            return original(self, stop, *args, **kwargs)
+
+        monkeypatch.setattr(trainer.Trainer, "train_epoch", train_epoch)
+
+    return stop_in
 
 
 @pytest.fixture

@@ -182,17 +182,10 @@ def test_a_budget_too_short_to_train_is_refused_in_one_line(repeating, tmp_path,
 
 
 def test_a_budget_stopped_and_resumed_goes_on_by_its_clock_and_ends_annealed(
-        repeating, tmp_path, monkeypatch, capsys, tiny):
+        repeating, tmp_path, monkeypatch, capsys, tiny, stop_in_epoch):
     common = tiny["awd"] + ["--data", repeating, "--recipe", "1cycle", "--batch_size", "4",
                             "--budget-minutes", "0.15", "--epochs", "10000"]
-    original = trainer_module.Trainer.train_epoch
-
-    def stop_in_epoch_three(self, stop, *args, **kwargs):
-        if self.epoch == 2:
-            stop.requested = True  # as Ctrl-C: one more batch, then the state is saved
-        return original(self, stop, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop_in_epoch_three)
+    stop_in_epoch(3)
     train.main(common + ["--save", str(tmp_path / "c.pt")])
     monkeypatch.undo()
     stopped = checkpoint.load(str(tmp_path / "c.state.pt"), kind="state")
@@ -211,17 +204,10 @@ def test_a_budget_stopped_and_resumed_goes_on_by_its_clock_and_ends_annealed(
 
 
 def test_a_budget_state_written_before_progress_resumes_and_ends_annealed(
-        repeating, tmp_path, monkeypatch, tiny):
+        repeating, tmp_path, monkeypatch, tiny, stop_in_epoch):
     """A state as 2a9ab5e wrote it: no "progress", a plan instead (made here from a state of
     today's, its plan half done)."""
-    original = trainer_module.Trainer.train_epoch
-
-    def stop_in_epoch_two(self, stop, *args, **kwargs):
-        if self.epoch == 1:
-            stop.requested = True
-        return original(self, stop, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", stop_in_epoch_two)
+    stop_in_epoch(2)
     train.main(tiny["awd"] + ["--data", repeating, "--recipe", "1cycle", "--batch_size", "4",
                               "--budget-minutes", "0.1", "--epochs", "10000",
                               "--save", str(tmp_path / "o.pt")])

@@ -173,18 +173,11 @@ def test_a_run_of_epochs_reaches_its_schedules_last_value_at_its_last_step(
     assert [float(r["progress"]) for r in rows][-1] == 1.0
 
 
-def test_a_resume_that_lowers_the_epochs_of_a_1cycle_run_ends_it_annealed(repeating, tmp_path,
-                                                                          monkeypatch, tiny):
+def test_a_resume_that_lowers_the_epochs_of_a_1cycle_run_ends_it_annealed(
+        repeating, tmp_path, monkeypatch, tiny, stop_in_epoch):
     common = tiny["awd"] + ["--data", repeating, "--recipe", "1cycle", "--batch_size", "4",
                             "--epochs", "6", "--no-variable-bptt"]
-    original = train.Trainer.train_epoch
-
-    def stop_in_epoch_two(self, stop, *args, **kwargs):
-        if self.epoch == 1:
-            stop.requested = True  # as Ctrl-C: one more batch, then the state is saved
-        return original(self, stop, *args, **kwargs)
-
-    monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_two)
+    stop_in_epoch(2)
     train.main(common + ["--save", str(tmp_path / "c.pt")])
     monkeypatch.undo()
     train.main(["--resume", str(tmp_path / "c.state.pt"), "--epochs", "3"])
@@ -201,18 +194,10 @@ def test_a_resume_that_lowers_the_epochs_of_a_1cycle_run_ends_it_annealed(repeat
     ["--schedule", "linear"],
 ])
 def test_a_run_whose_schedule_follows_progress_resumes_exactly_from_mid_epoch(
-        repeating, tmp_path, monkeypatch, tiny, schedule):
+        repeating, tmp_path, monkeypatch, tiny, stop_in_epoch, schedule):
     common = tiny["awd"] + ["--data", repeating, "--epochs", "4", "--variable-bptt"] + schedule
     train.main(common + ["--save", str(tmp_path / "straight.pt")])
-    original, calls = train.Trainer.train_epoch, []
-
-    def stop_in_epoch_three(self, stop, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            stop.requested = True  # as Ctrl-C: one more batch, then the state is saved
-        return original(self, stop, *args, **kwargs)
-
-    monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_three)
+    stop_in_epoch(3)
     train.main(common + ["--save", str(tmp_path / "split.pt")])
     monkeypatch.undo()
     stopped = checkpoint.load(str(tmp_path / "split.state.pt"), kind="state")

@@ -340,18 +340,11 @@ def test_what_the_final_test_says_of_the_best_model_is_read_from_the_disk(
 
 
 def test_a_resumed_budget_whose_time_is_over_says_what_it_will_do_and_does_it(
-        repeating, tmp_path, capsys, monkeypatch, tiny):
+        repeating, tmp_path, capsys, monkeypatch, tiny, stop_in_epoch):
     """Two states whose budget has no training time left: one saved within an epoch (the
     epoch is validated, saved and the model tested) and one after the run ended (tested
     only)."""
-    original = train.Trainer.train_epoch
-
-    def stop_in_epoch_two(self, stop, *args, **kwargs):
-        if self.epoch == 1:
-            stop.requested = True
-        return original(self, stop, *args, **kwargs)
-
-    monkeypatch.setattr(train.Trainer, "train_epoch", stop_in_epoch_two)
+    stop_in_epoch(2)
     run(tiny["awd"] + ["--data", repeating, "--budget-minutes", "0.2", "--epochs", "100",
                        "--save", tmp_path / "b.pt"])
     monkeypatch.undo()

@@ -9,35 +9,21 @@ steps, the epochs and the last validation perplexity.
 """
 
 import csv
-import hashlib
+import importlib.util
 import os
 import sys
 
 import torch
 
+# The digests of refactor-27/fingerprint.py, so that both read a run's files alike.
+spec = importlib.util.spec_from_file_location("fingerprint_27", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "refactor-27", "fingerprint.py"))
+fingerprint_27 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fingerprint_27)
+short = fingerprint_27.short
+
 COLUMNS = ["epoch", "train_loss", "train_ppl", "valid_loss", "valid_ppl", "lr", "mode", "event",
            "resumed", "saved", "switched", "out_of_time"]  # 2a9ab5e's, less the timings
-
-
-def digest(value, h):
-    if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, dict):
-        for key in sorted(value, key=str):
-            h.update(str(key).encode())
-            digest(value[key], h)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            digest(item, h)
-    else:
-        h.update(repr(value).encode())
-    return h
-
-
-def short(value):
-    return digest(value, hashlib.sha256()).hexdigest()[:12]
 
 
 for directory in sys.argv[1:]:

@@ -37,19 +37,24 @@ def short(value):
     return digest(value, hashlib.sha256()).hexdigest()[:12]
 
 
-for directory in sys.argv[1:]:
-    if not os.path.exists(f"{directory}/run.state.pt"):  # (the corpus, a run that failed)
-        continue
-    state = torch.load(f"{directory}/run.state.pt", weights_only=True)
-    model = (torch.load(f"{directory}/run.pt", weights_only=True)
-             if os.path.exists(f"{directory}/run.pt") else dict(model=None))  # (none better)
-    with open(f"{directory}/run.csv") as f:
-        rows = [{k: v for k, v in row.items() if k not in TIMING}
-                for row in csv.DictReader(line for line in f if not line.startswith("#"))]
-    parts = dict(
-        weights=short(state["model"]), averaged=short(state["averaged"]),
-        optimizer=short(state["optimizer"]), rng=short(state["rng"]),
-        position=short(state["position"]), scheduler=short(state.get("scheduler")),
-        lr=state["lr"], steps=state.get("steps"), best=short(model["model"]),
-        metrics=short(rows), epochs=len(rows), valid=rows[-1]["valid_ppl"] if rows else None)
-    print(directory.rstrip("/").split("/")[-1], " ".join(f"{k}={v}" for k, v in parts.items()))
+def main(directories):
+    for directory in sys.argv[1:]:
+        if not os.path.exists(f"{directory}/run.state.pt"):  # (the corpus, a run that failed)
+            continue
+        state = torch.load(f"{directory}/run.state.pt", weights_only=True)
+        model = (torch.load(f"{directory}/run.pt", weights_only=True)
+                 if os.path.exists(f"{directory}/run.pt") else dict(model=None))  # (none better)
+        with open(f"{directory}/run.csv") as f:
+            rows = [{k: v for k, v in row.items() if k not in TIMING}
+                    for row in csv.DictReader(line for line in f if not line.startswith("#"))]
+        parts = dict(
+            weights=short(state["model"]), averaged=short(state["averaged"]),
+            optimizer=short(state["optimizer"]), rng=short(state["rng"]),
+            position=short(state["position"]), scheduler=short(state.get("scheduler")),
+            lr=state["lr"], steps=state.get("steps"), best=short(model["model"]),
+            metrics=short(rows), epochs=len(rows), valid=rows[-1]["valid_ppl"] if rows else None)
+        print(directory.rstrip("/").split("/")[-1], " ".join(f"{k}={v}" for k, v in parts.items()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
